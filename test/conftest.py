@@ -1,0 +1,31 @@
+"""Test environment: ROS 2 over loopback only, a random domain per run, and shared paths."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "real_rgbd"
+
+# Must be set before rclpy initialises: Fast DDS would otherwise multicast off the machine,
+# and parallel test runs would hear each other.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 101)))
+venv = Path(sys.prefix)
+if (venv / "share" / "ament_index").is_dir():
+    os.environ.setdefault("AMENT_PREFIX_PATH", str(venv))
+
+
+@pytest.fixture(scope="session")
+def real_rgbd_dir() -> Path:
+    """The RealSense fixture frames in ../shared; tests that need them skip when absent."""
+    d = FIXTURES / "uois_tabletop"
+    if not d.is_dir():
+        pytest.skip(f"shared fixtures not found at {d}")
+    return d

@@ -1,0 +1,213 @@
+"""One tree of config dataclasses; YAML files in config/ map onto it key for key.
+
+Defaults are the paper's values (DESIGN.md section 6). Unknown keys are an error, so
+a typo in a YAML file is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class SamConfig:
+    """Segment Anything backend. With no checkpoint the weights-free backend is used."""
+
+    model_type: str = "vit_l"  # vit_h | vit_l | vit_b | vit_t (MobileSAM)
+    checkpoint: str | None = None  # path to the official .pth/.pt; never downloaded at run time
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    multimask_output: bool = True  # 3 masks per prompt from SAM's multimask tokens (HDNet scores 4 tokens)
+
+
+@dataclass
+class HPGConfig:
+    """Heatmap-based Prompt Generator (UOIS-SAM section III-B)."""
+
+    backbone: str = "cnn_rgbd"  # dinov2_vits14 | sam | cnn_rgb | cnn_rgbd
+    checkpoint: str | None = None  # None = the small RGB-D checkpoint shipped in the package, if present
+    backbone_checkpoint: str | None = None  # e.g. dinov2_vits14_pretrain.pth for the DINOv2 backbone
+    input_height: int = 336
+    input_width: int = 448
+    fg_threshold: float = 0.85  # foreground probability needed for a peak
+    heatmap_threshold: float = 0.007  # minimum heatmap value of a peak
+    top_k: int = 30  # K prompts
+    peak_kernel: int = 3  # max-pool window for peak suppression
+    device: str = "cpu"
+
+
+@dataclass
+class HDNetConfig:
+    """Hierarchical discrimination network: adapted IoU = SAM IoU + MLP(tokens) (eq. 5)."""
+
+    enabled: bool = True
+    checkpoint: str | None = None
+    iou_threshold: float = 0.48  # keep a prompt's best mask only if its adapted IoU exceeds this
+
+
+@dataclass
+class PostprocessConfig:
+    """Filters after mask selection (UOIS-SAM section IV-A)."""
+
+    nms_iou: float = 0.3  # mask NMS IoU threshold
+    max_box_height: int = 200  # masks whose box exceeds max_box_height x max_box_width are dropped ...
+    max_box_width: int = 200
+    reference_height: int = 480  # ... at this image size; the limit scales with the image size
+    reference_width: int = 640
+    min_area: int = 50  # pixels at the reference size (also scaled); smaller masks are noise
+
+
+@dataclass
+class GeometricConfig:
+    """Weights-free backend: table plane + depth/colour region growing."""
+
+    plane_distance: float = 0.01  # RANSAC inlier distance to the table plane, metres
+    plane_iterations: int = 200
+    min_height: float = 0.008  # points this far above the plane belong to objects, metres
+    max_height: float = 0.5  # ignore points higher than this above the table
+    voxel_size: float = 0.005  # downsampling for clustering, metres
+    cluster_eps: float = 0.015  # DBSCAN radius, metres
+    cluster_min_points: int = 30
+    depth_jump: float = 0.02  # relative depth discontinuity that stops region growing
+    colour_weight: float = 0.0  # > 0 also stops region growing at strong colour edges
+    max_prompts: int = 30
+
+
+@dataclass
+class PipelineConfig:
+    """Which method runs: the full method, a Table IV ablation row, or the weights-free path."""
+
+    method: str = "auto"  # auto | uois_sam | grid | grid_fg | heatmap | heatmap_hdnet | weights_free
+    grid_points: int = 32  # points per side of the SAM automatic-generator grid
+    decode_batch: int = 64  # prompts decoded per batch (memory bound on CPU)
+    seed: int = 1
+
+
+@dataclass
+class Config:
+    sam: SamConfig = field(default_factory=SamConfig)
+    hpg: HPGConfig = field(default_factory=HPGConfig)
+    hdnet: HDNetConfig = field(default_factory=HDNetConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    geometric: GeometricConfig = field(default_factory=GeometricConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return origin(_coerce(v, inner, f"{where}[]") for v in value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None) -> Config:
+    return _build(Config, data or {}, "")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Load a YAML config (safe_load) and apply nested overrides on top of it."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+        # A ROS 2 parameter file may nest the tree under a node name / ros__parameters.
+        if "ros__parameters" in data:
+            data = data["ros__parameters"]
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path or 'config'}: {e}") from None
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def dotted_overrides(pairs: list[str]) -> dict:
+    """['sam.device=cuda', 'hpg.top_k=20'] -> nested dict, values parsed as YAML scalars."""
+    out: dict = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"override {p!r} must look like section.key=value")
+        key, val = p.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return out
