@@ -3,6 +3,6 @@
 Nothing in this package may import rclpy or uois_sam_ros.msg (test_core_is_ros_free).
 """
 
-from uois_sam_ros.core.types import Frame, FrameError, Instances, Intrinsics, Prompts
+from uois_sam_ros.core.types import Frame, FrameError, Instances, Intrinsics, Prompts, Sample
 
-__all__ = ["Frame", "FrameError", "Instances", "Intrinsics", "Prompts"]
+__all__ = ["Frame", "FrameError", "Instances", "Intrinsics", "Prompts", "Sample"]

@@ -88,6 +88,7 @@ class PipelineConfig:
     """Which method runs: the full method, a Table IV ablation row, or the weights-free path."""
 
     method: str = "auto"  # auto | uois_sam | grid | grid_fg | heatmap | heatmap_hdnet | weights_free
+    weights_free_prompts: str = "geometric"  # prompt source of the weights-free method: geometric | hpg
     grid_points: int = 32  # points per side of the SAM automatic-generator grid
     decode_batch: int = 64  # prompts decoded per batch (memory bound on CPU)
     seed: int = 1

@@ -200,3 +200,25 @@ class Instances:
             if len(ys):
                 out[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
         return out
+
+
+@dataclass
+class Sample:
+    """One dataset image with its ground truth, as every dataset reader yields it.
+
+    label: (H, W) visible (modal) instance ids, 0 = background, after the dataset's
+    conventions are applied (OCID floor/table removed, HouseCat6D 255 -> 0).
+    amodal: (N, H, W) bool amodal masks for the ids in amodal_ids, when the set has them.
+    """
+
+    rgb: np.ndarray
+    depth: np.ndarray | None
+    intrinsics: Intrinsics | None
+    label: np.ndarray | None
+    name: str
+    amodal: np.ndarray | None = None
+    amodal_ids: np.ndarray | None = None
+    stamp: float = 0.0
+
+    def frame(self) -> Frame:
+        return Frame(rgb=self.rgb, depth=self.depth, intrinsics=self.intrinsics, stamp=self.stamp)
