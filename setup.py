@@ -18,5 +18,17 @@ setup(
     include_package_data=True,
     install_requires=["numpy", "pyyaml", "scipy", "opencv-python-headless", "torch"],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "uois-sam-bringup=uois_sam_ros.apps.bringup:main",
+        "uois-sam-demo=uois_sam_ros.apps.demo:main",
+        "uois-sam-camera=uois_sam_ros.nodes.camera:main",
+        "uois-sam-hpg=uois_sam_ros.nodes.hpg:main",
+        "uois-sam-segmentation=uois_sam_ros.nodes.segmentation:main",
+        "uois-sam-bag=uois_sam_ros.apps.bag:main",
+        "uois-sam-synth=uois_sam_ros.core.synthetic:main",
+        "uois-sam-train-hpg=uois_sam_ros.training.hpg:main",
+        "uois-sam-train-hdnet=uois_sam_ros.training.hdnet:main",
+        "uois-sam-sweep=uois_sam_ros.training.sweep:main",
+        "uois-sam-eval=uois_sam_ros.apps.eval:main",
+    ]},
 )

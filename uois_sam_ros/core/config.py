@@ -28,6 +28,8 @@ class SamConfig:
     checkpoint: str | None = None  # path to the official .pth/.pt; never downloaded at run time
     device: str = "cpu"  # cpu | cuda | cuda:N
     multimask_output: bool = True  # 3 masks per prompt from SAM's multimask tokens (HDNet scores 4 tokens)
+    allow_random_weights: bool = False  # tests/benchmarks only: random init when checkpoint is null
+    image_size: int = 1024  # encoder input side; only the test architecture vit_tiny may change it
 
 
 @dataclass
@@ -53,6 +55,8 @@ class HDNetConfig:
     enabled: bool = True
     checkpoint: str | None = None
     iou_threshold: float = 0.48  # keep a prompt's best mask only if its adapted IoU exceeds this
+    sam_iou_threshold: float = 0.88  # methods without HDNet: SamAutomaticMaskGenerator's pred_iou_thresh
+    stability_threshold: float = 0.95  # methods without HDNet: AMG's stability_score_thresh (0 = off)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class PostprocessConfig:
     reference_height: int = 480  # ... at this image size; the limit scales with the image size
     reference_width: int = 640
     min_area: int = 50  # pixels at the reference size (also scaled); smaller masks are noise
+    filter_before_nms: bool = False  # paper order is NMS then the size filter
 
 
 @dataclass
@@ -77,10 +82,16 @@ class GeometricConfig:
     max_height: float = 0.5  # ignore points higher than this above the table
     voxel_size: float = 0.005  # downsampling for clustering, metres
     cluster_eps: float = 0.015  # DBSCAN radius, metres
-    cluster_min_points: int = 30
+    cluster_min_points: int = 10  # DBSCAN core points; 30 loses steep faces seen at 3-5 mm pixel spacing
     depth_jump: float = 0.02  # relative depth discontinuity that stops region growing
     colour_weight: float = 0.0  # > 0 also stops region growing at strong colour edges
     max_prompts: int = 30
+    colour_edge: float = 30.0  # CIELAB distance that counts as a strong colour edge (scaled by colour_weight)
+    concave_angle: float = 30.0  # degrees; concave creases sharper than this separate touching objects (0 = off)
+    normal_step: int = 3  # pixel baseline of the depth-image normals (larger = smoother)
+    min_region_pixels: int = 150  # smallest object region at 640x480 (scaled with the image area)
+    min_support: float = 0.5  # fraction of a cluster's footprint that must lie on the table
+    seed: int = 1  # RANSAC seed, so that a frame always gives the same plane
 
 
 @dataclass
@@ -91,6 +102,7 @@ class PipelineConfig:
     weights_free_prompts: str = "geometric"  # prompt source of the weights-free method: geometric | hpg
     grid_points: int = 32  # points per side of the SAM automatic-generator grid
     decode_batch: int = 64  # prompts decoded per batch (memory bound on CPU)
+    weights_free_min_score: float = 0.3  # weights-free segmenter: keep a region above this confidence
     seed: int = 1
 
 

@@ -1,0 +1,305 @@
+"""Weights-free backend on an analytically rendered tabletop and on the real RealSense frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from uois_sam_ros.core.backend import PromptableSegmenter, PromptSource
+from uois_sam_ros.core.config import GeometricConfig, config_from_dict
+from uois_sam_ros.core.geometric import GeometricPromptSource, GeometricSegmenter, fit_table_plane
+from uois_sam_ros.core.types import Frame, FrameError, Intrinsics, Prompts
+
+W, H = 240, 180
+K = Intrinsics(fx=220.0, fy=220.0, cx=119.5, cy=89.5, width=W, height=H)
+COLOURS = [(120, 110, 100), (200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40)]
+
+
+def _camera() -> tuple[np.ndarray, np.ndarray]:
+    """World z up, table z = 0; the camera 0.6 m above, looking down at about 50 degrees and
+    rolled a little, so the plane is tilted in the image."""
+    c = np.array([0.05, -0.45, 0.55])
+    target = np.array([0.0, 0.05, 0.0])
+    fwd = (target - c) / np.linalg.norm(target - c)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    roll = np.deg2rad(8.0)
+    r2 = np.cos(roll) * right + np.sin(roll) * down
+    d2 = np.cross(fwd, r2)
+    rot = np.stack([r2, d2, fwd])  # rows: camera x, y, z in world coordinates
+    return c, rot
+
+
+def _box_hit(o, d, lo, hi):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = (lo[None] - o[None]) / d
+        t2 = (hi[None] - o[None]) / d
+    tmin = np.nanmax(np.minimum(t1, t2), axis=1)
+    tmax = np.nanmin(np.maximum(t1, t2), axis=1)
+    return np.where((tmax >= tmin) & (tmin > 0), tmin, np.inf)
+
+
+def _cyl_hit(o, d, centre, r, top):
+    ox, oy = o[0] - centre[0], o[1] - centre[1]
+    a = d[:, 0] ** 2 + d[:, 1] ** 2
+    b = 2 * (ox * d[:, 0] + oy * d[:, 1])
+    c = ox ** 2 + oy ** 2 - r ** 2
+    disc = b ** 2 - 4 * a * c
+    t_side = np.where(disc >= 0, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), np.inf)
+    z = o[2] + t_side * d[:, 2]
+    t_side = np.where((t_side > 0) & (z >= 0) & (z <= top), t_side, np.inf)
+    t_cap = (top - o[2]) / d[:, 2]
+    px, py = o[0] + t_cap * d[:, 0], o[1] + t_cap * d[:, 1]
+    inside = (px - centre[0]) ** 2 + (py - centre[1]) ** 2 <= r ** 2
+    t_cap = np.where(inside & (t_cap > 0), t_cap, np.inf)
+    return np.minimum(t_side, t_cap)
+
+
+def render_scene(touching: bool = True, set_back: float = 0.02) -> tuple[Frame, np.ndarray, np.ndarray]:
+    """Depth, colour and ground-truth ids by ray casting; returns (frame, ids, table normal in camera)."""
+    c, rot = _camera()
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    dc = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u, float)], -1).reshape(-1, 3)
+    dw = dc @ rot  # camera -> world directions; t along dw is the camera depth (dc_z = 1)
+    hits = [np.where(dw[:, 2] < 0, -c[2] / dw[:, 2], np.inf)]  # table
+    hits.append(_box_hit(c, dw, np.array([-0.20, 0.00, 0.0]), np.array([-0.12, 0.10, 0.12])))
+    hits.append(_cyl_hit(c, dw, (0.02, 0.18), 0.04, 0.10))
+    if touching:  # two boxes sharing part of a face, 5 cm apart in height
+        hits.append(_box_hit(c, dw, np.array([0.08, -0.02, 0.0]), np.array([0.15, 0.06, 0.05])))
+        hits.append(_box_hit(c, dw, np.array([0.15, -0.02 + set_back, 0.0]),
+                             np.array([0.22, 0.06 + set_back, 0.10])))
+    t = np.stack(hits, 1)
+    ids = np.argmin(t, 1)
+    depth = t[np.arange(len(t)), ids]
+    ids[~np.isfinite(depth)] = -1
+    depth = np.where(np.isfinite(depth) & (depth < 3.0), depth, 0.0).astype(np.float32).reshape(H, W)
+    ids = ids.reshape(H, W)
+    rgb = np.zeros((H, W, 3), np.uint8)
+    for k, col in enumerate(COLOURS[: t.shape[1]]):
+        rgb[ids == k] = col
+    normal_cam = rot @ np.array([0.0, 0.0, 1.0])
+    return Frame(rgb=rgb, depth=depth, intrinsics=K), ids, normal_cam
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_interfaces_and_config():
+    assert isinstance(GeometricSegmenter(), PromptableSegmenter)
+    assert isinstance(GeometricPromptSource(), PromptSource)
+    assert GeometricSegmenter().name == GeometricPromptSource().name == "geometric"
+    cfg = config_from_dict({"geometric": {"depth_jump": 0.03, "concave_angle": 0}})
+    assert cfg.geometric.depth_jump == 0.03 and cfg.geometric.concave_angle == 0.0
+
+
+def test_plane_recovered(scene):
+    frame, ids, normal = scene
+    tp = fit_table_plane(frame, GeometricConfig())
+    angle = np.degrees(np.arccos(np.clip(abs(tp.normal @ normal), -1, 1)))
+    assert angle < 2.0
+    assert tp.normal @ normal > 0  # towards the camera = world up
+    table = ids == 0
+    assert tp.inliers[table].mean() > 0.95
+    assert tp.inliers[ids > 0].mean() < 0.1  # only the bottom centimetre of the objects
+    assert tp.height.shape == (H, W) and tp.height.dtype == np.float32
+    # The top of the 10 cm cylinder sits 10 cm above the plane.
+    top = (ids == 2) & (tp.height > 0.09)
+    assert top.sum() > 20
+    assert abs(float(np.median(tp.height[top])) - 0.10) < 0.005
+    assert tp.region[table].mean() > 0.9
+
+
+def test_height_is_nan_on_invalid_depth(scene):
+    frame, ids, _ = scene
+    depth = frame.depth.copy()
+    depth[:10, :10] = np.nan
+    depth[10:20, :10] = 0.0
+    tp = fit_table_plane(Frame(frame.rgb, depth, K))
+    assert np.isnan(tp.height[:20, :10]).all()
+    assert np.isfinite(tp.height[ids == 0][-100:]).all()
+
+
+def test_prompts_one_per_object_inside_it(scene):
+    frame, ids, _ = scene
+    pr = GeometricPromptSource(GeometricConfig()).prompts(frame)
+    n_obj = int(ids.max())
+    assert len(pr) == n_obj
+    assert (pr.labels == 1).all()
+    assert ((pr.scores >= 0) & (pr.scores <= 1)).all()
+    assert (np.diff(pr.scores) <= 0).all()  # best first
+    hit = sorted(int(ids[int(y), int(x)]) for x, y in pr.points)
+    assert hit == list(range(1, n_obj + 1))
+    # Well inside: not on the object's border.
+    for x, y in pr.points:
+        k = ids[int(y), int(x)]
+        win = ids[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3]
+        assert (win == k).all()
+    capped = GeometricPromptSource(GeometricConfig(max_prompts=2)).prompts(frame)
+    assert len(capped) == 2 and np.allclose(capped.scores, pr.scores[:2])
+
+
+def test_decoded_masks_match_objects(scene):
+    frame, ids, _ = scene
+    pr = GeometricPromptSource().prompts(frame)
+    seg = GeometricSegmenter()
+    seg.set_frame(frame)
+    dec = seg.decode(pr)
+    assert dec.masks.shape == (len(pr), 1, H, W) and dec.masks.dtype == bool
+    assert dec.scores.shape == dec.iou_pred.shape == (len(pr), 1)
+    for (x, y), m, s in zip(pr.points, dec.masks[:, 0], dec.scores[:, 0]):
+        gt = ids == ids[int(y), int(x)]
+        assert _iou(m, gt) > 0.8, (x, y, _iou(m, gt))
+        assert 0.5 < s <= 1.0
+
+
+def test_touching_pair_is_two_instances(scene):
+    frame, ids, _ = scene
+    seg = GeometricSegmenter()
+    seg.set_frame(frame)
+    pts = []
+    for k in (3, 4):
+        ys, xs = np.nonzero(ids == k)
+        pts.append((np.median(xs), np.median(ys)))
+    dec = seg.decode(Prompts(np.array(pts), [1, 1], [1, 1]))
+    a, b = dec.masks[:, 0]
+    assert not (a & b).any()
+    assert _iou(a, ids == 3) > 0.8 and _iou(b, ids == 4) > 0.8
+    # Without the concave-crease term the pair is one region: the short box's top runs
+    # into the tall box's side with no depth jump.
+    merged = GeometricSegmenter(GeometricConfig(concave_angle=0.0))
+    merged.set_frame(frame)
+    m = merged.decode(Prompts(np.array(pts[:1]), [1], [1])).masks[0, 0]
+    assert _iou(m, (ids == 3) | (ids == 4)) > 0.8
+
+
+def test_colour_term_splits_flush_pair():
+    """Front faces flush (coplanar): geometry cannot tell the boxes apart, colour can."""
+    frame, ids, _ = render_scene(set_back=0.0)
+    pts = [tuple(np.argwhere(ids == k).mean(0)[::-1]) for k in (3, 4)]
+    prompts = Prompts(np.array(pts), [1, 1], [1, 1])
+    geo = GeometricSegmenter()
+    geo.set_frame(frame)
+    a = geo.decode(prompts).masks[0, 0]
+    assert _iou(a, (ids == 3) | (ids == 4)) > 0.8
+    col = GeometricSegmenter(GeometricConfig(colour_weight=1.0))
+    col.set_frame(frame)
+    dec = col.decode(prompts)
+    assert _iou(dec.masks[0, 0], ids == 3) > 0.8 and _iou(dec.masks[1, 0], ids == 4) > 0.8
+
+
+def test_table_background_and_zero_prompts(scene):
+    frame, ids, _ = scene
+    seg = GeometricSegmenter()
+    seg.set_frame(frame)
+    ys, xs = np.nonzero(ids == 0)
+    i = len(ys) // 2
+    obj_y, obj_x = np.argwhere(ids == 2).mean(0)
+    p = Prompts(np.array([[xs[i], ys[i]], [obj_x, obj_y], [obj_x, obj_y], [-50, 10]]),
+                [1, 0, 1, 1], [1, 1, 1, 1])
+    dec = seg.decode(p)
+    assert not dec.masks[0, 0].any() and dec.scores[0, 0] == 0  # on the table
+    assert not dec.masks[1, 0].any() and dec.scores[1, 0] == 0  # background label
+    assert dec.masks[2, 0].any() and dec.scores[2, 0] > 0
+    assert not dec.masks[3, 0].any() and dec.scores[3, 0] == 0  # outside the image
+    empty = seg.decode(Prompts.empty())
+    assert empty.masks.shape == (0, 1, H, W) and empty.masks.dtype == bool
+    assert empty.scores.shape == (0, 1) and empty.iou_pred.shape == (0, 1)
+
+
+def test_empty_table_gives_no_prompts():
+    frame, _, _ = render_scene(touching=False)
+    # The same view with the objects removed: only the table plane.
+    c, rot = _camera()
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    dc = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u, float)], -1)
+    dz = (dc @ rot)[..., 2]
+    depth = np.where(dz < 0, -c[2] / dz, 0).astype(np.float32)
+    pr = GeometricPromptSource().prompts(Frame(frame.rgb, depth, K))
+    assert len(pr) == 0 and pr.points.shape == (0, 2)
+
+
+def test_segmenter_needs_a_frame():
+    with pytest.raises(RuntimeError, match="set_frame"):
+        GeometricSegmenter().decode(Prompts.empty())
+
+
+def test_bad_frames_raise(scene):
+    frame, _, _ = scene
+    with pytest.raises(FrameError, match="needs depth"):
+        fit_table_plane(Frame(frame.rgb, None, K))
+    with pytest.raises(FrameError, match="no valid pixel"):
+        fit_table_plane(Frame(frame.rgb, np.full((H, W), np.nan, np.float32), K))
+    with pytest.raises(FrameError, match="intrinsics"):
+        fit_table_plane(Frame(frame.rgb, frame.depth, None))
+    with pytest.raises(FrameError, match="does not match colour size"):
+        GeometricSegmenter().set_frame(Frame(frame.rgb, frame.depth[:-1], K))
+    with pytest.raises(FrameError, match="float metres"):
+        GeometricPromptSource().prompts(Frame(frame.rgb, (frame.depth * 1000).astype(np.uint16), K))
+    # A cloud of random depths has no plane.
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0.3, 3.0, (H, W)).astype(np.float32)
+    with pytest.raises(FrameError, match="no table plane found"):
+        fit_table_plane(Frame(frame.rgb, noise, K))
+
+
+def _real_frames(d: Path):
+    k = Intrinsics.from_json(d / "camera.json")
+    for c in sorted(d.glob("*-color.png")):
+        dp = d / c.name.replace("-color", "-depth")
+        if not dp.is_file():
+            continue
+        rgb = cv2.cvtColor(cv2.imread(str(c)), cv2.COLOR_BGR2RGB)
+        depth = cv2.imread(str(dp), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+        yield c.name, Frame(rgb, depth, k)
+
+
+def _instances(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt source + segmenter + the simple selection: drop empty masks and masks mostly
+    covered by a higher-scoring one."""
+    pr = GeometricPromptSource().prompts(frame)
+    seg = GeometricSegmenter()
+    seg.set_frame(frame)
+    dec = seg.decode(pr)
+    keep: list[int] = []
+    for i in np.argsort(-dec.scores[:, 0], kind="stable"):
+        m = dec.masks[i, 0]
+        if not m.any():
+            continue
+        if any((m & dec.masks[j, 0]).sum() > 0.5 * m.sum() for j in keep):
+            continue
+        keep.append(int(i))
+    return dec.masks[keep, 0], seg.plane.inliers
+
+
+def test_real_tabletop_frames(real_rgbd_dir):
+    frames = list(_real_frames(real_rgbd_dir))
+    assert len(frames) >= 8
+    for name, frame in frames:
+        masks, inliers = _instances(frame)
+        assert 1 <= len(masks) <= 30, (name, len(masks))
+        assert masks.mean(axis=(1, 2)).max() < 0.4, name
+        assert inliers.mean() > 0.15, name  # the table is a large part of every view
+        # Instances are not the table.
+        assert (masks & inliers[None]).sum() < 0.05 * masks.sum(), name
+
+
+def test_real_transparent_frame(real_rgbd_dir):
+    d = real_rgbd_dir.parent / "d435_transparent"
+    if not d.is_dir():
+        pytest.skip(f"{d} not found")
+    k = Intrinsics.from_json(d / "camera.json")
+    rgb = cv2.cvtColor(cv2.imread(str(d / "000000080-transparent-rgb-img.jpg")), cv2.COLOR_BGR2RGB)
+    depth = cv2.imread(str(d / "000000080-transparent-depth.png"), cv2.IMREAD_UNCHANGED) / 1000.0
+    masks, inliers = _instances(Frame(rgb, depth.astype(np.float32), k))
+    assert 1 <= len(masks) <= 30
+    assert masks.mean(axis=(1, 2)).max() < 0.4

@@ -1,0 +1,198 @@
+"""HPG / HDNet training: targets, loss decrease, held-out gain, checkpoints, shipped weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uois_sam_ros.core.config import HPGConfig, SamConfig
+from uois_sam_ros.core.hpg import HPG, HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
+from uois_sam_ros.core.synthetic import SceneConfig, generate_scene
+from uois_sam_ros.training import hdnet as thd
+from uois_sam_ros.training import hpg as thpg
+from uois_sam_ros.training.common import synthetic_arrays
+
+torch.set_num_threads(2)
+SIZE = (60, 80)
+
+
+@pytest.fixture(scope="module")
+def tiny_sets():
+    train = synthetic_arrays(48, 0, SIZE)
+    val = synthetic_arrays(12, 5000, SIZE)
+    return train, val
+
+
+def test_heatmap_peaks_at_mask_centroids():
+    lab = np.zeros((60, 80), np.uint16)
+    lab[10:20, 10:30] = 1  # rectangle: centroid (19.5, 14.5)
+    lab[30:50, 50:55] = 2  # L-shape: centroid from image moments, not the box centre
+    lab[45:50, 55:75] = 2
+    ys, xs = np.nonzero(lab == 2)
+    c2 = (xs.mean(), ys.mean())
+    hm = thpg.heatmap_targets(lab, sigma=3.0)
+    assert hm.dtype == np.float32 and hm.shape == lab.shape
+    assert hm.max() <= 1.0 and hm[lab == 0].min() >= 0
+    for cx, cy in [(19.5, 14.5), c2]:
+        win = hm[int(cy) - 4:int(cy) + 5, int(cx) - 4:int(cx) + 5]
+        py, px = np.unravel_index(np.argmax(win), win.shape)
+        assert abs(int(cx) - 4 + px - cx) <= 0.5 and abs(int(cy) - 4 + py - cy) <= 0.5
+        assert win.max() > 0.95
+    # element-wise max, not a sum: overlapping Gaussians never exceed 1
+    lab2 = np.zeros((30, 30), np.uint16)
+    lab2[10:14, 10:14] = 1
+    lab2[10:14, 14:18] = 2
+    assert thpg.heatmap_targets(lab2, 4.0).max() <= 1.0 + 1e-6
+    assert not thpg.heatmap_targets(np.zeros((5, 5), np.uint16), 2.0).any()
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        thpg.heatmap_targets(lab, 0.0)
+
+
+def _loss(model, batch):
+    with torch.no_grad():
+        fg, hm = model(batch["rgb"], batch["depth"])
+        return thpg.hpg_loss(fg, hm, batch["fg"], batch["heatmap"])[0].item()
+
+
+def test_one_hpg_step_reduces_loss_on_fixed_batch(tiny_sets):
+    torch.manual_seed(0)
+    model = HPGNet("cnn_rgbd", width=8, input_size=SIZE).train()
+    batch = thpg.make_batch(tiny_sets[0], np.arange(8), 3.0, torch.device("cpu"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    before = _loss(model, batch)
+    thpg.train_step(model, opt, batch)
+    assert _loss(model, batch) < before
+
+
+def test_short_hpg_training_beats_untrained_on_held_out(tiny_sets, tmp_path):
+    train, val = tiny_sets
+    torch.manual_seed(0)
+    untrained = HPGNet("cnn_rgbd", width=8, input_size=SIZE)
+    base_loss = thpg.evaluate_loss(untrained, val, 3.0, torch.device("cpu"))
+    base = thpg.evaluate_hpg(untrained, val)
+    res = thpg.train_hpg(train, val, tmp_path / "h.pt", width=8, epochs=6, batch_size=8, lr=3e-3, sigma=3.0,
+                         log=tmp_path / "h.csv", progress=False)
+    trained = load_hpg_checkpoint(tmp_path / "h.pt")
+    assert res["best_val_loss"] < 0.7 * base_loss
+    m = thpg.evaluate_hpg(trained, val)
+    assert m["fg_iou"] > base["fg_iou"] + 0.1
+    rows = (tmp_path / "h.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,lr,train_loss") and len(rows) == 7
+    # the kept checkpoint is the lowest validation loss of the run
+    assert trained.meta["val_loss"] == pytest.approx(min(r["val_loss"] for r in res["history"]))
+
+
+def test_checkpoint_round_trip_and_resume(tiny_sets, tmp_path):
+    train, val = tiny_sets
+    out = tmp_path / "c.pt"
+    thpg.train_hpg(train.subset(np.arange(8)), val.subset(np.arange(4)), out, width=4, epochs=1, batch_size=4,
+                   progress=False, meta={"note": "x"})
+    m1 = load_hpg_checkpoint(out)
+    assert m1.meta["note"] == "x" and m1.meta["input_height"] == SIZE[0] and m1.meta["epoch"] == 1
+    assert (m1.width, m1.input_size) == (4, SIZE)
+    b = thpg.make_batch(val, np.arange(2), 3.0, torch.device("cpu"))
+    m2 = load_hpg_checkpoint(out)
+    with torch.no_grad():
+        for x, y in zip(m1(b["rgb"], b["depth"]), m2(b["rgb"], b["depth"])):
+            torch.testing.assert_close(x, y)
+    res = thpg.train_hpg(train.subset(np.arange(8)), val.subset(np.arange(4)), out, width=4, epochs=2,
+                         batch_size=4, progress=False, resume=True)
+    assert [r["epoch"] for r in res["history"]] == [2]
+    with pytest.raises(thpg.TrainingError, match="no training state"):
+        thpg.train_hpg(train, val, tmp_path / "none.pt", width=4, epochs=1, resume=True, progress=False)
+
+
+def test_train_hpg_cli_reports_missing_dataset(tmp_path, capsys):
+    assert thpg.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    assert thpg.main(["--out", str(tmp_path / "x.pt")]) == 2
+    assert "--synthetic N" in capsys.readouterr().err
+
+
+def test_hdnet_prompt_sampling_and_iou_targets():
+    lab = np.zeros((20, 20), np.int64)
+    lab[2:8, 2:8] = 1
+    lab[10:18, 10:18] = 2
+    pr, owner = thd.sample_prompts(lab, 30, 10, np.random.default_rng(0))
+    assert len(pr) == 40 and (owner[:30] > 0).all() and (owner[30:] == 0).all()
+    xy = pr.points.astype(int)
+    np.testing.assert_array_equal(lab[xy[:, 1], xy[:, 0]], owner)
+    masks = torch.zeros((3, 4, 20, 20), dtype=torch.bool)
+    masks[0, 0, 2:8, 2:8] = True  # exact
+    masks[0, 1, 2:8, 2:5] = True  # half
+    masks[1, 2, 10:18, 10:18] = True
+    masks[2, :, 0:2, 0:2] = True  # background prompt
+    t = thd.iou_targets(masks, torch.from_numpy(lab), torch.tensor([1, 2, 0]))
+    torch.testing.assert_close(t, torch.tensor([[1.0, 0.5, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 0]]))
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    from uois_sam_ros.core.sam_backend import SamSegmenter
+
+    torch.manual_seed(0)
+    return SamSegmenter(SamConfig(model_type="vit_tiny", allow_random_weights=True, image_size=128))
+
+
+def test_one_hdnet_step_reduces_loss_and_features_are_cached(tiny_sam, tmp_path):
+    scenes = [generate_scene(s, SceneConfig(width=80, height=60, min_objects=3)).sample() for s in (1, 2)]
+    cache = thd.FeatureCache(tmp_path / "f", "tiny")
+    rng = np.random.default_rng(0)
+    b = {k: torch.cat(v) for k, v in zip(
+        ("t_iou", "t_mask", "iou_pred", "target"),
+        zip(*[tuple(thd.hdnet_batch(tiny_sam, cache, s, 30, 10, rng).values()) for s in scenes]))}
+    assert b["target"].shape == (80, 4) and b["t_mask"].shape == (80, 4, 256)
+    assert cache.misses == 2 and len(list((tmp_path / "f" / "tiny").glob("*.pt"))) == 2
+    torch.manual_seed(0)
+    model = thd.HDNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    with torch.no_grad():
+        before = thd.hdnet_loss(model, b).item()
+    thd.train_step(model, opt, b)
+    with torch.no_grad():
+        assert thd.hdnet_loss(model, b).item() < before
+    # a second pass reads the embeddings from disk: same tokens, no encoder run
+    cache2 = thd.FeatureCache(tmp_path / "f", "tiny")
+    b2 = thd.hdnet_batch(tiny_sam, cache2, scenes[0], 30, 10, np.random.default_rng(0))
+    b1 = thd.hdnet_batch(tiny_sam, cache, scenes[0], 30, 10, np.random.default_rng(0))
+    assert cache2.hits == 1 and cache2.misses == 0
+    torch.testing.assert_close(b1["t_mask"], b2["t_mask"])
+
+
+def test_train_hdnet_cli_needs_a_sam_checkpoint(tmp_path, capsys):
+    assert thd.main(["--synthetic", "2", "--out", str(tmp_path / "h.pt")]) == 2
+    assert "sam.checkpoint is not set" in capsys.readouterr().err
+
+
+def test_sweep_runs_each_fraction(tiny_sets, tmp_path):
+    from uois_sam_ros.training.sweep import format_table, run_sweep
+
+    train, val = tiny_sets
+    rows = run_sweep(train.subset(np.arange(10)), val.subset(np.arange(4)), tmp_path, (0.2, 1.0), epochs=1,
+                     batch_size=4, width=4, progress=False)
+    assert [r["train_images"] for r in rows] == [2, 10]
+    assert (tmp_path / "table_v.csv").read_text().count("\n") == 3
+    assert "| 20 | 2 |" in format_table(rows)
+
+
+def test_shipped_checkpoint_puts_prompts_inside_objects():
+    path = default_hpg_checkpoint()
+    if path is None:
+        pytest.skip("shipped HPG checkpoint not present")
+    hpg = HPG(HPGConfig())
+    assert hpg.model.backbone_name == "cnn_rgbd"
+    assert path.stat().st_size < 5_000_000
+    on = total = hit = objects = 0
+    for seed in (900_001, 900_002, 900_003):  # never used for training or validation
+        s = generate_scene(seed, SceneConfig(min_objects=3, max_objects=8))
+        pr = hpg.prompts(s.frame())
+        xy = np.round(pr.points).astype(int)
+        lab = s.label[xy[:, 1].clip(0, 479), xy[:, 0].clip(0, 639)]
+        on += int((lab > 0).sum())
+        total += len(pr)
+        hit += len(set(lab[lab > 0].tolist()))
+        objects += len(s.ids)
+    assert total > 0
+    assert on / total > 0.8
+    assert hit / objects > 0.5

@@ -1,0 +1,1 @@
+"""Benchmarks: print speed ratios measured in one run (never asserted in tests)."""

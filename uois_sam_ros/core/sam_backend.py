@@ -1,0 +1,210 @@
+"""Segment Anything as a PromptableSegmenter, with the tokens HDNet needs.
+
+Architectures: vit_h / vit_l / vit_b (segment-anything), vit_t (MobileSAM's TinyViT, module
+``mobile_sam``) and vit_tiny, a test/CI architecture (ViT encoder embed 192, depth 4, 3 heads,
+any image_size; random weights only) so that the whole path runs fast without official files.
+
+Decoding: the image embedding is computed once per frame (segment-anything's SamPredictor,
+which also owns the ResizeLongestSide transforms). All K prompts are then decoded in batches
+by calling ``prompt_encoder`` and ``mask_decoder.predict_masks`` directly: predict_masks returns
+all 4 mask tokens' masks and IoUs (``forward`` with multimask_output=True drops token 0, which
+HDNet scores too). A forward hook on ``mask_decoder.transformer`` captures ``hs``, from which
+T_iou = hs[:, 0] and T_mask = hs[:, 1:5]. Nothing of SAM's code is copied.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+
+from uois_sam_ros.core.backend import Decoded
+from uois_sam_ros.core.config import SamConfig
+from uois_sam_ros.core.types import Frame, Prompts
+from uois_sam_ros.core.weights import OFFICIAL, CheckpointError, load_checked, read_state_dict
+
+SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "vit_tiny")
+TEST_ONLY_TYPES = ("vit_tiny",)
+
+
+def _build_mobile_sam_vit_t() -> nn.Module:
+    with warnings.catch_warnings():  # mobile_sam re-registers timm's tiny_vit names on import
+        warnings.simplefilter("ignore")
+        from mobile_sam import sam_model_registry as mobile_registry
+
+        return mobile_registry["vit_t"](checkpoint=None)
+
+
+def _build_vit_tiny(image_size: int) -> Sam:
+    """A small ViT SAM from segment-anything's own modules (tests/CI only, no official weights)."""
+    if image_size % 64:
+        raise ValueError(f"vit_tiny image_size must be a multiple of 64, got {image_size}")
+    emb = image_size // 16
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=4, embed_dim=192, img_size=image_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=3, patch_size=16,
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1, 3], window_size=8, out_chans=256),
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(emb, emb),
+                                     input_image_size=(image_size, image_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def build_sam_architecture(model_type: str, image_size: int = 1024) -> nn.Module:
+    """The architecture with random weights (load_sam puts the official weights in)."""
+    if model_type not in SAM_MODEL_TYPES:
+        raise ValueError(f"unknown sam.model_type {model_type!r}; choose one of {list(SAM_MODEL_TYPES)}")
+    if model_type != "vit_tiny" and image_size != 1024:
+        raise ValueError(f"sam.image_size={image_size}: the official {model_type} weights need 1024 "
+                         "(only the test architecture vit_tiny accepts another size)")
+    if model_type == "vit_tiny":
+        model = _build_vit_tiny(image_size)
+    elif model_type == "vit_t":
+        model = _build_mobile_sam_vit_t()
+    else:
+        model = sam_model_registry[model_type](checkpoint=None)
+    return model.eval()
+
+
+def load_sam(model_type: str, checkpoint: str | Path | None, *, allow_random: bool = False,
+             device: str = "cpu", image_size: int = 1024) -> nn.Module:
+    """Build model_type and load the official checkpoint, checking every key and shape."""
+    model = build_sam_architecture(model_type, image_size)
+    if checkpoint is None:
+        if not allow_random:
+            hint = OFFICIAL[model_type].filename if model_type in OFFICIAL else "a checkpoint"
+            raise CheckpointError(
+                f"sam.checkpoint is not set for SAM {model_type}: give the path to {hint} "
+                "(scripts/download_weights.sh fetches it), or use pipeline.method=weights_free")
+    else:
+        what = f"SAM {model_type}"
+        state = read_state_dict(checkpoint, what=what)
+        load_checked(model, state, checkpoint, what=what)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval()
+
+
+@dataclass
+class LowRes:
+    """Decoder outputs for K prompts before any upsampling.
+
+    logits: (K, 4, h, w) low-res mask logits over the padded encoder square (h = w = 4 x embedding).
+    iou_pred: (K, 4) SAM's IoU head. t_iou: (K, C). t_mask: (K, 4, C).
+    """
+
+    logits: torch.Tensor
+    iou_pred: torch.Tensor
+    t_iou: torch.Tensor
+    t_mask: torch.Tensor
+
+
+class SamSegmenter:
+    """PromptableSegmenter over any SAM; decode_lowres keeps the tokens for HDNet."""
+
+    def __init__(self, cfg: SamConfig, model: nn.Module | None = None, decode_batch: int = 64) -> None:
+        self.cfg = cfg
+        self.model = model if model is not None else load_sam(
+            cfg.model_type, cfg.checkpoint, allow_random=cfg.allow_random_weights,
+            device=cfg.device, image_size=cfg.image_size)
+        self.name = f"sam_{cfg.model_type}"
+        self.device = torch.device(cfg.device)
+        self.decode_batch = max(1, int(decode_batch))
+        self.predictor = SamPredictor(self.model)
+        self._hs: torch.Tensor | None = None
+        self.model.mask_decoder.transformer.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, inputs: tuple, output: tuple) -> None:
+        self._hs = output[0]
+
+    @property
+    def encoder_size(self) -> int:
+        return int(self.model.image_encoder.img_size)
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        if not self.predictor.is_image_set:
+            raise RuntimeError("call set_frame before reading the embedding")
+        return self.predictor.features
+
+    def set_frame(self, frame: Frame) -> None:
+        frame.validate()
+        with torch.inference_mode():
+            self.predictor.set_image(frame.rgb, image_format="RGB")
+
+    def valid_lowres_hw(self) -> tuple[int, int]:
+        """Rows/cols of the low-res logits that cover the image (the rest is padding)."""
+        ih, iw = self.predictor.input_size
+        lr = self.model.prompt_encoder.mask_input_size[0]
+        scale = lr / self.encoder_size
+        return max(1, int(round(ih * scale))), max(1, int(round(iw * scale)))
+
+    @torch.inference_mode()
+    def decode_lowres(self, prompts: Prompts) -> LowRes:
+        if not self.predictor.is_image_set:
+            raise RuntimeError("call set_frame before decode")
+        k = len(prompts)
+        if k == 0:
+            raise ValueError("zero prompts: nothing to decode (callers return empty Instances)")
+        coords = self.predictor.transform.apply_coords(prompts.points.astype(np.float64),
+                                                       self.predictor.original_size)
+        coords_t = torch.as_tensor(coords, dtype=torch.float32, device=self.device)[:, None, :]
+        labels_t = torch.as_tensor(prompts.labels, dtype=torch.int64, device=self.device)[:, None]
+        pe = self.model.prompt_encoder.get_dense_pe()
+        outs: list[tuple[torch.Tensor, ...]] = []
+        for s in range(0, k, self.decode_batch):
+            sl = slice(s, s + self.decode_batch)
+            sparse, dense = self.model.prompt_encoder(points=(coords_t[sl], labels_t[sl]), boxes=None, masks=None)
+            logits, iou = self.model.mask_decoder.predict_masks(
+                image_embeddings=self.predictor.features, image_pe=pe,
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+            hs = self._hs
+            n_tok = self.model.mask_decoder.num_mask_tokens
+            outs.append((logits, iou, hs[:, 0].clone(), hs[:, 1:1 + n_tok].clone()))
+        cat = [torch.cat([o[i] for o in outs]) for i in range(4)]
+        return LowRes(*cat)
+
+    @torch.inference_mode()
+    def upsample(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) or (N, M, h, w) low-res logits -> bool masks at the frame's resolution."""
+        squeeze = logits.ndim == 3
+        x = logits[:, None] if squeeze else logits
+        if x.shape[0] == 0:
+            h, w = self.predictor.original_size
+            return torch.zeros((0, *x.shape[1:2], h, w), dtype=torch.bool)[:, 0 if squeeze else slice(None)]
+        masks = self.model.postprocess_masks(x, self.predictor.input_size, self.predictor.original_size)
+        masks = masks > self.model.mask_threshold
+        return masks[:, 0] if squeeze else masks
+
+    def decode(self, prompts: Prompts) -> Decoded:
+        """All 4 candidates per prompt at frame resolution; scores = SAM's IoU (no HDNet here)."""
+        low = self.decode_lowres(prompts)
+        masks = self.upsample(low.logits).cpu().numpy()
+        iou = low.iou_pred.float().cpu().numpy()
+        return Decoded(masks=masks, iou_pred=iou, scores=iou.copy())
+
+
+def lowres_to_hw(logits: torch.Tensor, valid_hw: tuple[int, int]) -> torch.Tensor:
+    """Crop low-res logits to the image region (drops the encoder's padding)."""
+    return logits[..., : valid_hw[0], : valid_hw[1]]
+
+
+def resize_bool(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of (N, h, w) bool masks."""
+    if masks.shape[1:] == (height, width):
+        return masks
+    t = torch.from_numpy(masks.astype(np.uint8))[:, None].float()
+    return F.interpolate(t, size=(height, width), mode="nearest")[:, 0].bool().numpy()

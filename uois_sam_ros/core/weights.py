@@ -1,0 +1,107 @@
+"""Official checkpoints: where they come from, their sha256 sums, and checked loading.
+
+Nothing here downloads: scripts/download_weights.sh fetches the files for users with internet,
+and the code only ever loads a path the user gives (torch.load with weights_only=True).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or does not match the architecture."""
+
+
+@dataclass(frozen=True)
+class OfficialWeights:
+    name: str
+    filename: str
+    url: str
+    sha256: str
+
+
+OFFICIAL: dict[str, OfficialWeights] = {
+    "vit_h": OfficialWeights("SAM ViT-H", "sam_vit_h_4b8939.pth",
+                             "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+                             "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    "vit_l": OfficialWeights("SAM ViT-L", "sam_vit_l_0b3195.pth",
+                             "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+                             "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_b": OfficialWeights("SAM ViT-B", "sam_vit_b_01ec64.pth",
+                             "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+                             "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "vit_t": OfficialWeights("MobileSAM (TinyViT)", "mobile_sam.pt",
+                             "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+                             "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
+    "dinov2_vits14": OfficialWeights("DINOv2 ViT-S/14", "dinov2_vits14_pretrain.pth",
+                                     "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
+                                     "b938bf1bc15cd2ec0feacfe3a1bb553fe8ea9ca46a7e1d8d00217f29aef60cd9"),
+}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | Path, expected: str) -> None:
+    """Raise CheckpointError when the file's sha256 differs (a truncated or wrong download)."""
+    got = sha256_file(path)
+    if got != expected.lower():
+        raise CheckpointError(f"{path}: sha256 {got} does not match the official {expected}")
+
+
+def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """torch.load(weights_only=True) with errors that name the file and what it was meant to be."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors differ between torch versions
+        raise CheckpointError(f"{what} checkpoint {path} is corrupt or not a torch state dict: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{what} checkpoint {path} does not hold a state dict of tensors")
+    return obj
+
+
+def _short(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
+                     path: str | Path, what: str = "checkpoint") -> None:
+    """Compare key sets and shapes; the error names missing/unexpected keys and shape mismatches."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = [f"{k}: file {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(expected) & set(got)) if tuple(got[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short(unexpected)}")
+        if shapes:
+            parts.append(f"mismatched shapes: {_short(shapes, 5)}")
+        raise CheckpointError(f"{what} checkpoint {path} does not match the architecture; " + "; ".join(parts))
+
+
+def load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
+                 what: str = "checkpoint") -> None:
+    check_state_dict(model.state_dict(), state, path, what)
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,301 @@
+"""uois-sam-train-hdnet: train HDNet's IoU correction on a frozen SAM (UOIS-SAM eqs. 5-7).
+
+Per image, M prompts are sampled inside the GT visible masks (objects drawn uniformly, then a
+pixel inside the object) plus background prompts. SAM decodes all 4 mask tokens per prompt;
+the target of each token (eq. 6) is IoU(SAM mask, GT mask) for object prompts and 0 for
+background prompts; the loss is the MSE between the adapted IoU (SAM IoU + HDNet) and the
+target (eq. 7). SAM is frozen, so its image embeddings are computed once and cached on
+disk: every epoch after the first skips the encoder, and prompts are re-sampled each epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from uois_sam_ros.core.config import SamConfig
+from uois_sam_ros.core.hdnet import HDNet, load_hdnet, save_hdnet
+from uois_sam_ros.core.sam_backend import SamSegmenter
+from uois_sam_ros.core.types import Frame, Prompts, Sample
+from uois_sam_ros.training.common import Budget, CsvLog, TrainingError, fraction_indices, pick_device
+
+
+def sample_prompts(label: np.ndarray, num_fg: int, num_bg: int,
+                   rng: np.random.Generator) -> tuple[Prompts, np.ndarray]:
+    """num_fg points inside visible masks (object chosen uniformly) + num_bg on background.
+
+    Returns the prompts (x, y pixel centres) and the GT id under each (0 = background).
+    """
+    ids = [int(i) for i in np.unique(label) if i != 0]
+    pts, owner = [], []
+    if ids and num_fg > 0:
+        for oid in rng.choice(ids, size=num_fg, replace=True):
+            ys, xs = np.nonzero(label == oid)
+            j = int(rng.integers(len(xs)))
+            pts.append((xs[j], ys[j]))
+            owner.append(int(oid))
+    bys, bxs = np.nonzero(label == 0)
+    if len(bxs) and num_bg > 0:
+        for j in rng.integers(len(bxs), size=num_bg):
+            pts.append((bxs[j], bys[j]))
+            owner.append(0)
+    if not pts:
+        raise TrainingError("image has neither object nor background pixels to prompt")
+    p = np.asarray(pts, np.float32)
+    return Prompts(p, np.ones(len(p), np.int64), np.ones(len(p), np.float32)), np.asarray(owner, np.int64)
+
+
+def iou_targets(masks: torch.Tensor, label: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: (K, 4, H, W) bool SAM masks -> (K, 4) IoU with the prompt's GT mask; 0 on background."""
+    gt = label[None] == owner[:, None, None]  # (K, H, W)
+    gt = gt[:, None]
+    inter = (masks & gt).flatten(2).sum(-1).float()
+    union = (masks | gt).flatten(2).sum(-1).float()
+    iou = inter / union.clamp(min=1)
+    return torch.where(owner[:, None] > 0, iou, torch.zeros_like(iou))
+
+
+@dataclass
+class CachedImage:
+    features: torch.Tensor  # SAM image embedding (1, 256, h, w)
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+
+class FeatureCache:
+    """SAM image embeddings on disk, keyed by model and image name, so the encoder runs once."""
+
+    def __init__(self, root: str | Path | None, model_key: str) -> None:
+        self.root = Path(root) / model_key if root else None
+        if self.root:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.mem: dict[str, CachedImage] = {}
+        self.hits = self.misses = 0
+
+    def _path(self, name: str) -> Path | None:
+        if self.root is None:
+            return None
+        return self.root / (hashlib.sha1(name.encode()).hexdigest()[:20] + ".pt")
+
+    def get(self, seg: SamSegmenter, sample: Sample) -> CachedImage:
+        if sample.name in self.mem:
+            self.hits += 1
+            return self.mem[sample.name]
+        p = self._path(sample.name)
+        if p is not None and p.is_file():
+            blob = torch.load(p, map_location="cpu", weights_only=True)
+            c = CachedImage(blob["features"], tuple(blob["input_size"]), tuple(blob["original_size"]))
+            self.hits += 1
+        else:
+            seg.set_frame(Frame(rgb=sample.rgb))
+            pr = seg.predictor
+            c = CachedImage(pr.features.detach().cpu(), tuple(pr.input_size), tuple(pr.original_size))
+            if p is not None:
+                torch.save({"features": c.features, "input_size": list(c.input_size),
+                            "original_size": list(c.original_size)}, p)
+            self.misses += 1
+        if self.root is None:
+            self.mem[sample.name] = c
+        return c
+
+
+def _set_cached(seg: SamSegmenter, c: CachedImage) -> None:
+    """Put a cached embedding into segment-anything's predictor, as set_image would."""
+    pr = seg.predictor
+    pr.features = c.features.to(seg.device)
+    pr.input_size = c.input_size
+    pr.original_size = c.original_size
+    pr.is_image_set = True
+
+
+def hdnet_batch(seg: SamSegmenter, cache: FeatureCache, sample: Sample, num_fg: int, num_bg: int,
+                rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Frozen-SAM outputs and eq. 6 targets for one image's sampled prompts."""
+    if sample.label is None:
+        raise TrainingError(f"sample {sample.name} has no label; HDNet training needs visible instance labels")
+    _set_cached(seg, cache.get(seg, sample))
+    prompts, owner = sample_prompts(sample.label, num_fg, num_bg, rng)
+    low = seg.decode_lowres(prompts)
+    masks = seg.upsample(low.logits)  # (K, 4, H, W) bool at the image size
+    target = iou_targets(masks.cpu(), torch.from_numpy(sample.label.astype(np.int64)), torch.from_numpy(owner))
+    return {"t_iou": low.t_iou.clone(), "t_mask": low.t_mask.clone(), "iou_pred": low.iou_pred.clone(),
+            "target": target.to(low.iou_pred.device)}
+
+
+def hdnet_loss(model: HDNet, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 7: MSE between the adapted IoU (eq. 5) and the eq. 6 target."""
+    return F.mse_loss(model.adapted_iou(b["iou_pred"], b["t_iou"], b["t_mask"]), b["target"])
+
+
+def train_step(model: HDNet, opt: torch.optim.Optimizer, b: dict[str, torch.Tensor]) -> float:
+    model.train()
+    loss = hdnet_loss(model, b)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def train_hdnet(seg: SamSegmenter, train: list[Sample], val: list[Sample], out: str | Path, *,
+                epochs: int = 10, lr: float = 1e-3, weight_decay: float = 1e-4, num_prompts: int = 30,
+                num_bg: int = 10, images_per_step: int = 4, cache_dir: str | Path | None = None,
+                seed: int = 0, log: str | Path | None = None, max_minutes: float = 0.0,
+                meta: dict | None = None, progress: bool = True) -> dict:
+    """Train HDNet on frozen-SAM tokens; keeps the lowest-validation-loss checkpoint at out."""
+    from tqdm import tqdm
+
+    if not train or not val:
+        raise TrainingError("training and validation sets must both be non-empty")
+    torch.manual_seed(seed)
+    dev = seg.device
+    model = HDNet().to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    key = f"{seg.name}_{seg.encoder_size}"
+    cache = FeatureCache(cache_dir, key)
+    csv = CsvLog(log, ["epoch", "train_loss", "val_loss", "val_sam_only", "best", "seconds",
+                       "cache_hits", "cache_misses"]) if log else None
+    best = math.inf
+    history = []
+    budget = Budget(max_minutes)
+    val_rng_seed = seed + 999_983
+    for epoch in range(epochs):
+        t0 = time.time()
+        rng = np.random.default_rng(seed + epoch)
+        order = rng.permutation(len(train))
+        losses = []
+        bar = tqdm(range(0, len(order), images_per_step), desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                   file=sys.stderr, disable=not progress)
+        for s in bar:
+            bs = [hdnet_batch(seg, cache, train[i], num_prompts, num_bg, rng) for i in order[s:s + images_per_step]]
+            b = {k: torch.cat([x[k] for x in bs]) for k in bs[0]}
+            losses.append(train_step(model, opt, b))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        vl, v_sam = evaluate_hdnet(model, seg, cache, val, num_prompts, num_bg, val_rng_seed)
+        improved = vl < best
+        if improved:
+            best = vl
+            save_hdnet(out, model, {**(meta or {}), "epoch": epoch + 1, "val_loss": vl, "val_sam_only": v_sam,
+                                    "sam": seg.name, "num_prompts": num_prompts, "num_bg": num_bg})
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": vl, "val_sam_only": v_sam,
+               "best": int(improved), "seconds": time.time() - t0, "cache_hits": cache.hits,
+               "cache_misses": cache.misses}
+        history.append(row)
+        if csv:
+            csv.write(row)
+        if progress:
+            print(f"epoch {epoch + 1}: train {row['train_loss']:.5f} val {vl:.5f} (SAM IoU alone {v_sam:.5f})"
+                  f"{' (best)' if improved else ''}", file=sys.stderr)
+        if budget.exhausted():
+            break
+    return {"best_val_loss": best, "history": history, "checkpoint": str(out)}
+
+
+@torch.no_grad()
+def evaluate_hdnet(model: HDNet, seg: SamSegmenter, cache: FeatureCache, data: list[Sample], num_fg: int,
+                   num_bg: int, seed: int) -> tuple[float, float]:
+    """(MSE of the adapted IoU, MSE of SAM's own IoU) against eq. 6 targets, fixed prompts."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    se_a = se_s = n = 0.0
+    for s in data:
+        b = hdnet_batch(seg, cache, s, num_fg, num_bg, rng)
+        adapted = model.adapted_iou(b["iou_pred"], b["t_iou"], b["t_mask"])
+        se_a += float(((adapted - b["target"]) ** 2).sum())
+        se_s += float(((b["iou_pred"] - b["target"]) ** 2).sum())
+        n += b["target"].numel()
+    return se_a / max(n, 1), se_s / max(n, 1)
+
+
+def _samples(a: argparse.Namespace) -> tuple[list[Sample], list[Sample]]:
+    if a.data:
+        from uois_sam_ros.core.datasets import DatasetError, open_dataset
+
+        root = Path(a.data)
+        ann = Path(a.annotations) if a.annotations else root / "annotations.json"
+        try:
+            ds = open_dataset("uoais-sim", root, ann)
+            data = [ds[i] for i in range(len(ds))]
+        except DatasetError as e:
+            raise TrainingError(str(e)) from None
+    elif a.synthetic > 0:
+        from uois_sam_ros.core.synthetic import SceneConfig, generate_scene
+
+        cfg = SceneConfig(width=a.width, height=a.height, amodal=False)
+        data = [generate_scene(a.synthetic_seed + i, cfg).sample() for i in range(a.synthetic)]
+    else:
+        raise TrainingError("give --data DIR (UOAIS-Sim-style folder) or --synthetic N")
+    n_val = max(1, int(round(a.val_split * len(data))))
+    if n_val >= len(data):
+        raise TrainingError(f"{len(data)} images are too few to split off {n_val} for validation")
+    perm = np.random.default_rng(a.seed).permutation(len(data))
+    val = [data[i] for i in sorted(perm[:n_val])]
+    train = [data[i] for i in sorted(perm[n_val:])]
+    train = [train[i] for i in fraction_indices(len(train), a.data_fraction, a.seed)]
+    return train, val
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="uois-sam-train-hdnet", description=__doc__.splitlines()[0])
+    p.add_argument("--sam-type", default="vit_l", help="vit_h | vit_l | vit_b | vit_t | vit_tiny (tests)")
+    p.add_argument("--sam-checkpoint", help="official SAM checkpoint (required except with --allow-random-sam)")
+    p.add_argument("--allow-random-sam", action="store_true", help="random SAM weights (pipeline tests only)")
+    p.add_argument("--sam-image-size", type=int, default=1024, help="encoder side (vit_tiny only)")
+    p.add_argument("--data", help="UOAIS-Sim-style folder")
+    p.add_argument("--annotations", help="annotations json (default DATA/annotations.json)")
+    p.add_argument("--synthetic", type=int, default=0, help="instead: N synthetic scenes")
+    p.add_argument("--synthetic-seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=640, help="synthetic image width")
+    p.add_argument("--height", type=int, default=480, help="synthetic image height")
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--data-fraction", type=float, default=1.0)
+    p.add_argument("--num-prompts", type=int, default=30, help="M prompts inside the GT masks per image")
+    p.add_argument("--num-bg", type=int, default=10, help="background prompts per image (target 0)")
+    p.add_argument("--images-per-step", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--cache-dir", default="out/sam_features", help="where SAM embeddings are cached")
+    p.add_argument("--out", required=True)
+    p.add_argument("--log", help="CSV log (default OUT with .csv)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=0.0)
+    a = p.parse_args(argv)
+    try:
+        if a.threads > 0:
+            torch.set_num_threads(a.threads)
+        pick_device(a.device)
+        from uois_sam_ros.core.weights import CheckpointError
+
+        try:
+            seg = SamSegmenter(SamConfig(model_type=a.sam_type, checkpoint=a.sam_checkpoint, device=a.device,
+                                         allow_random_weights=a.allow_random_sam, image_size=a.sam_image_size))
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from None
+        train, val = _samples(a)
+        print(f"training HDNet on {len(train)} images, validating on {len(val)}", file=sys.stderr)
+        res = train_hdnet(seg, train, val, a.out, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay,
+                          num_prompts=a.num_prompts, num_bg=a.num_bg, images_per_step=a.images_per_step,
+                          cache_dir=a.cache_dir, seed=a.seed, log=a.log or Path(a.out).with_suffix(".csv"),
+                          max_minutes=a.max_minutes, meta={"data": a.data or f"synthetic:{a.synthetic}"})
+        m = load_hdnet(res["checkpoint"])
+        print(f"best validation MSE {res['best_val_loss']:.5f} (epoch {m.meta.get('epoch')}, SAM IoU alone "
+              f"{m.meta.get('val_sam_only', float('nan')):.5f}); checkpoint {res['checkpoint']}")
+    except (TrainingError, ValueError, FileNotFoundError) as e:
+        print(f"uois-sam-train-hdnet: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

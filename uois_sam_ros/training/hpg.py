@@ -1,0 +1,348 @@
+"""uois-sam-train-hpg: train the Heatmap-based Prompt Generator (UOIS-SAM section III-A).
+
+Loss (paper): 0.1 * class-weighted cross-entropy on foreground (inverse-frequency weights)
++ 1 * MSE between the predicted and the GT centroid heatmap. AdamW (1e-3, wd 1e-4),
+StepLR x0.1 every 10 epochs, 30 epochs, batch 32; the checkpoint with the lowest
+validation loss is kept. Data: a UOAIS-Sim-style folder, or scenes from the synthetic
+generator (which is how the shipped weights-free checkpoint is made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from uois_sam_ros.core.config import HPGConfig
+from uois_sam_ros.core.hpg import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    HPGNet,
+    load_hpg_checkpoint,
+    normalise_depth,
+    save_hpg_checkpoint,
+    select_peaks,
+)
+from uois_sam_ros.training.common import (
+    ArraySet,
+    Budget,
+    CsvLog,
+    TrainingError,
+    dataset_arrays,
+    fraction_indices,
+    pick_device,
+    synthetic_arrays,
+)
+
+DEFAULT_SIGMA = 6.0  # px at the training resolution; the paper leaves sigma open
+
+
+def mask_centroids(label_map: np.ndarray) -> dict[int, tuple[float, float]]:
+    """Centroid (x, y) of each visible mask from image moments (not the 3-D centre of mass)."""
+    out: dict[int, tuple[float, float]] = {}
+    for i in np.unique(label_map):
+        if i == 0:
+            continue
+        m = cv2.moments((label_map == i).astype(np.uint8), binaryImage=True)
+        if m["m00"] > 0:
+            out[int(i)] = (m["m10"] / m["m00"], m["m01"] / m["m00"])
+    return out
+
+
+def heatmap_targets(label_map: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+    """GT heatmap: a unit Gaussian at each visible mask's centroid, combined by element-wise max."""
+    label_map = np.asarray(label_map)
+    if label_map.ndim != 2:
+        raise ValueError(f"label map must be (H, W), got {label_map.shape}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    h, w = label_map.shape
+    out = np.zeros((h, w), np.float32)
+    r = int(math.ceil(4 * sigma))
+    for cx, cy in mask_centroids(label_map).values():
+        x0, x1 = max(0, int(cx) - r), min(w, int(cx) + r + 2)
+        y0, y1 = max(0, int(cy) - r), min(h, int(cy) + r + 2)
+        xs = np.arange(x0, x1, dtype=np.float32) - cx
+        ys = np.arange(y0, y1, dtype=np.float32) - cy
+        g = np.exp(-(ys[:, None] ** 2 + xs[None] ** 2) / (2 * sigma * sigma))
+        np.maximum(out[y0:y1, x0:x1], g, out=out[y0:y1, x0:x1])
+    return out
+
+
+def make_batch(data: ArraySet, idx: np.ndarray, sigma: float, device: torch.device,
+               use_depth: bool = True) -> dict[str, torch.Tensor]:
+    """Network inputs normalised exactly as core.hpg.preprocess does, plus targets."""
+    rgb = torch.from_numpy(data.rgb[idx]).float().permute(0, 3, 1, 2) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    h, w = data.rgb.shape[1:3]
+    out = {"rgb": ((rgb - mean) / std).to(device)}
+    if use_depth:
+        d = np.stack([normalise_depth(data.depth[i].astype(np.float32), (h, w)) for i in idx])
+        out["depth"] = torch.from_numpy(d).unsqueeze(1).to(device)
+    out["fg"] = torch.from_numpy((data.label[idx] > 0).astype(np.int64)).to(device)
+    out["heatmap"] = torch.from_numpy(np.stack([heatmap_targets(data.label[i], sigma) for i in idx])
+                                      ).unsqueeze(1).to(device)
+    return out
+
+
+def hpg_loss(fg_logits: torch.Tensor, heatmap: torch.Tensor, fg: torch.Tensor, target_heat: torch.Tensor,
+             ce_weight: float = 0.1, hm_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """0.1 * CE with inverse-frequency class weights (from the batch) + 1 * heatmap MSE."""
+    counts = torch.bincount(fg.flatten(), minlength=2).float()
+    weights = counts.sum() / (2 * counts.clamp(min=1))
+    ce = F.cross_entropy(fg_logits, fg, weight=weights)
+    mse = F.mse_loss(heatmap, target_heat)
+    total = ce_weight * ce + hm_weight * mse
+    return total, {"ce": ce.item(), "mse": mse.item(), "loss": total.item()}
+
+
+def train_step(model: HPGNet, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               ce_weight: float = 0.1, hm_weight: float = 1.0) -> dict[str, float]:
+    model.train()
+    fg_logits, heat = model(batch["rgb"], batch.get("depth"))
+    loss, parts = hpg_loss(fg_logits, heat, batch["fg"], batch["heatmap"], ce_weight, hm_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return parts
+
+
+@torch.no_grad()
+def evaluate_loss(model: HPGNet, data: ArraySet, sigma: float, device: torch.device, batch_size: int = 16,
+                  ce_weight: float = 0.1, hm_weight: float = 1.0) -> float:
+    """Mean validation loss (per image batch, weighted by batch size)."""
+    model.eval()
+    tot, n = 0.0, 0
+    for s in range(0, len(data), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(data)))
+        b = make_batch(data, idx, sigma, device, model.uses_depth)
+        fg_logits, heat = model(b["rgb"], b.get("depth"))
+        loss, _ = hpg_loss(fg_logits, heat, b["fg"], b["heatmap"], ce_weight, hm_weight)
+        tot += float(loss) * len(idx)
+        n += len(idx)
+    return tot / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate_hpg(model: HPGNet, data: ArraySet, cfg: HPGConfig | None = None, device: str = "cpu",
+                 hit_radius: float = 5.0, batch_size: int = 16) -> dict[str, float]:
+    """Held-out quality of the prompts that the pipeline would get.
+
+    fg_iou: IoU of (p_fg > 0.5) with the GT foreground, pooled over the set.
+    centroid_recall: fraction of GT objects with a selected peak within hit_radius px of
+    the mask centroid or inside the visible mask. prompt_precision: fraction of selected
+    peaks that lie on an object.
+    """
+    cfg = cfg or HPGConfig()
+    model.eval().to(device)
+    inter = union = 0
+    n_obj = n_hit = n_peaks = n_on = 0
+    dev = torch.device(device)
+    for s in range(0, len(data), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(data)))
+        b = make_batch(data, idx, DEFAULT_SIGMA, dev, model.uses_depth)
+        fg_logits, heat = model(b["rgb"], b.get("depth"))
+        prob = torch.softmax(fg_logits, 1)[:, 1].cpu().numpy()
+        heat = heat[:, 0].cpu().numpy()
+        for j, i in enumerate(idx):
+            lab = data.label[i]
+            gt = lab > 0
+            pred = prob[j] > 0.5
+            inter += int((gt & pred).sum())
+            union += int((gt | pred).sum())
+            pr = select_peaks(prob[j], heat[j], cfg)
+            pts = np.round(pr.points).astype(int)
+            on = lab[pts[:, 1].clip(0, lab.shape[0] - 1), pts[:, 0].clip(0, lab.shape[1] - 1)] if len(pts) else []
+            n_peaks += len(pts)
+            n_on += int(np.count_nonzero(on))
+            for oid, (cx, cy) in mask_centroids(lab).items():
+                n_obj += 1
+                if len(pts) == 0:
+                    continue
+                near = np.hypot(pts[:, 0] - cx, pts[:, 1] - cy).min() <= hit_radius
+                inside = bool(np.any(np.asarray(on) == oid))
+                n_hit += int(near or inside)
+    return {"fg_iou": inter / max(union, 1), "centroid_recall": n_hit / max(n_obj, 1),
+            "prompt_precision": n_on / max(n_peaks, 1), "prompts_per_image": n_peaks / max(len(data), 1),
+            "objects": float(n_obj), "images": float(len(data))}
+
+
+def _state_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".last.pt")
+
+
+def train_hpg(train: ArraySet, val: ArraySet, out: str | Path, *, backbone: str = "cnn_rgbd", width: int = 16,
+              epochs: int = 30, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4,
+              step_size: int = 10, gamma: float = 0.1, ce_weight: float = 0.1, hm_weight: float = 1.0,
+              sigma: float = DEFAULT_SIGMA, device: str = "cpu", seed: int = 0, resume: bool = False,
+              log: str | Path | None = None, max_minutes: float = 0.0, meta: dict | None = None,
+              progress: bool = True) -> dict:
+    """Train, keep the lowest-validation-loss checkpoint at out, return a summary dict."""
+    if backbone not in ("cnn_rgb", "cnn_rgbd"):
+        raise TrainingError(f"train_hpg trains the CNN backbones (cnn_rgb, cnn_rgbd), not {backbone!r}")
+    if len(train) == 0 or len(val) == 0:
+        raise TrainingError("training and validation sets must both be non-empty")
+    from tqdm import tqdm
+
+    out = Path(out)
+    dev = pick_device(device)
+    torch.manual_seed(seed)
+    h, w = train.rgb.shape[1:3]
+    model = HPGNet(backbone, width=width, input_size=(h, w)).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+    start, best = 0, math.inf
+    state_path = _state_path(out)
+    if resume:
+        if not state_path.is_file():
+            raise TrainingError(f"--resume: no training state at {state_path}")
+        st = torch.load(state_path, map_location=dev, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start, best = int(st["epoch"]) + 1, float(st["best"])
+    csv = CsvLog(log, ["epoch", "lr", "train_loss", "train_ce", "train_mse", "val_loss", "best", "seconds"]) if log else None
+    rng = np.random.default_rng(seed + start)
+    budget = Budget(max_minutes)
+    history = []
+    epoch = start - 1
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        perm = rng.permutation(len(train))
+        sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0}
+        nb = math.ceil(len(perm) / batch_size)
+        bar = tqdm(range(nb), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
+                   disable=not progress)
+        for bi in bar:
+            idx = perm[bi * batch_size:(bi + 1) * batch_size]
+            parts = train_step(model, opt, make_batch(train, idx, sigma, dev, model.uses_depth), ce_weight, hm_weight)
+            for k in sums:
+                sums[k] += parts[k]
+            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        lr_now = opt.param_groups[0]["lr"]
+        sched.step()
+        vl = evaluate_loss(model, val, sigma, dev, ce_weight=ce_weight, hm_weight=hm_weight)
+        improved = vl < best
+        if improved:
+            best = vl
+            save_hpg_checkpoint(out, model.cpu(), {
+                **(meta or {}), "epoch": epoch + 1, "val_loss": vl, "input_height": h, "input_width": w,
+                "sigma": sigma, "train_images": len(train), "val_images": len(val)})
+            model.to(dev)
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch, "best": best}, state_path)
+        row = {"epoch": epoch + 1, "lr": lr_now, "train_loss": sums["loss"] / nb, "train_ce": sums["ce"] / nb,
+               "train_mse": sums["mse"] / nb, "val_loss": vl, "best": int(improved), "seconds": time.time() - t0}
+        history.append(row)
+        if csv:
+            csv.write(row)
+        if progress:
+            print(f"epoch {epoch + 1}: train {row['train_loss']:.5f} val {vl:.5f}{' (best)' if improved else ''}",
+                  file=sys.stderr)
+        if budget.exhausted():
+            if progress:
+                print(f"time budget reached after epoch {epoch + 1}", file=sys.stderr)
+            break
+    return {"best_val_loss": best, "epochs_run": epoch + 1 - start, "history": history, "checkpoint": str(out)}
+
+
+def _load_data(a: argparse.Namespace, size_hw: tuple[int, int]) -> tuple[ArraySet, ArraySet]:
+    if a.data:
+        data = dataset_arrays(a.data, size_hw)
+    elif a.synthetic > 0:
+        data = synthetic_arrays(a.synthetic, a.synthetic_seed, size_hw, cache=a.cache)
+    else:
+        raise TrainingError("give --data DIR (UOAIS-Sim-style folder) or --synthetic N")
+    if a.val_data:
+        val = dataset_arrays(a.val_data, size_hw)
+        train = data
+    elif a.val_synthetic > 0:
+        val = synthetic_arrays(a.val_synthetic, a.val_seed, size_hw,
+                               cache=(Path(a.cache).with_suffix(".val.npz") if a.cache else None),
+                               desc="validation scenes")
+        train = data
+    else:
+        n_val = max(1, int(round(a.val_split * len(data))))
+        if n_val >= len(data):
+            raise TrainingError(f"{len(data)} images are too few to split off {n_val} for validation")
+        perm = np.random.default_rng(a.seed).permutation(len(data))
+        val, train = data.subset(np.sort(perm[:n_val])), data.subset(np.sort(perm[n_val:]))
+    train = train.subset(fraction_indices(len(train), a.data_fraction, a.seed))
+    return train, val
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="uois-sam-train-hpg", description=__doc__.splitlines()[0])
+    src = p.add_argument_group("data")
+    src.add_argument("--data", help="UOAIS-Sim-style folder (annotations json + color/depth images)")
+    src.add_argument("--synthetic", type=int, default=0, help="instead: render N synthetic training scenes")
+    src.add_argument("--synthetic-seed", type=int, default=0)
+    src.add_argument("--val-data", help="validation folder (default: --val-split of the training data)")
+    src.add_argument("--val-synthetic", type=int, default=0, help="render M synthetic validation scenes")
+    src.add_argument("--val-seed", type=int, default=10_000_000)
+    src.add_argument("--val-split", type=float, default=0.1)
+    src.add_argument("--data-fraction", type=float, default=1.0, help="use this fraction of the training images")
+    src.add_argument("--cache", help="npz cache of the synthetic training arrays")
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", default="cnn_rgbd", choices=["cnn_rgbd", "cnn_rgb"])
+    m.add_argument("--width", type=int, default=16, help="CNN base width")
+    m.add_argument("--input-height", type=int, default=240)
+    m.add_argument("--input-width", type=int, default=320)
+    t = p.add_argument_group("optimisation (paper defaults)")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--step-size", type=int, default=10)
+    t.add_argument("--gamma", type=float, default=0.1)
+    t.add_argument("--ce-weight", type=float, default=0.1)
+    t.add_argument("--hm-weight", type=float, default=1.0)
+    t.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="GT Gaussian sigma, px at input size")
+    o = p.add_argument_group("run")
+    o.add_argument("--out", required=True, help="checkpoint path (best validation loss)")
+    o.add_argument("--log", help="CSV log path (default: OUT with .csv)")
+    o.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt state")
+    o.add_argument("--device", default="cpu")
+    o.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this budget")
+    o.add_argument("--eval", action="store_true", help="print held-out prompt metrics of the best checkpoint")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        if a.threads > 0:
+            torch.set_num_threads(a.threads)
+        size = (a.input_height, a.input_width)
+        train, val = _load_data(a, size)
+        print(f"training on {len(train)} images, validating on {len(val)}, input {size[0]}x{size[1]}",
+              file=sys.stderr)
+        meta = {"data": a.data or f"synthetic:{a.synthetic}@{a.synthetic_seed}", "data_fraction": a.data_fraction,
+                "lr": a.lr, "batch_size": a.batch_size, "width": a.width}
+        res = train_hpg(train, val, a.out, backbone=a.backbone, width=a.width, epochs=a.epochs,
+                        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, step_size=a.step_size,
+                        gamma=a.gamma, ce_weight=a.ce_weight, hm_weight=a.hm_weight, sigma=a.sigma,
+                        device=a.device, seed=a.seed, resume=a.resume,
+                        log=a.log or Path(a.out).with_suffix(".csv"), max_minutes=a.max_minutes, meta=meta)
+        print(f"best validation loss {res['best_val_loss']:.5f}; checkpoint {res['checkpoint']}")
+        if a.eval:
+            model = load_hpg_checkpoint(a.out)
+            print({k: round(v, 4) for k, v in evaluate_hpg(model, val, device=a.device).items()})
+    except (TrainingError, FileNotFoundError, ValueError) as e:
+        print(f"uois-sam-train-hpg: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
