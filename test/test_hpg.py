@@ -139,7 +139,8 @@ def test_unknown_backbone():
         HPGNet("resnet")
 
 
-def _official_dinov2_state() -> dict[str, torch.Tensor]:
+@pytest.fixture(scope="module")
+def official_dinov2() -> dict[str, torch.Tensor]:
     """A random state dict with the official dinov2_vits14_pretrain.pth layout (518 px, 1370 tokens)."""
     import timm
 
@@ -149,8 +150,8 @@ def _official_dinov2_state() -> dict[str, torch.Tensor]:
     return sd
 
 
-def test_dinov2_loads_official_layout(tmp_path):
-    sd = _official_dinov2_state()
+def test_dinov2_loads_official_layout(tmp_path, official_dinov2):
+    sd = official_dinov2
     assert sd["pos_embed"].shape == (1, 1370, 384) and "blocks.11.ls2.gamma" in sd
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(sd, path)
@@ -164,12 +165,12 @@ def test_dinov2_loads_official_layout(tmp_path):
     assert fg.shape == (1, 2, 112, 140) and heat.shape == (1, 1, 112, 140)
 
 
-def test_dinov2_wrong_file_is_named(tmp_path):
+def test_dinov2_wrong_file_is_named(tmp_path, official_dinov2):
     bad = tmp_path / "not_dino.pth"
     torch.save({"weight": torch.zeros(3)}, bad)
     with pytest.raises(HPGCheckpointError, match="not the official DINOv2 layout"):
         HPGNet("dinov2_vits14", input_size=(112, 140), backbone_checkpoint=str(bad))
-    sd = _official_dinov2_state()
+    sd = dict(official_dinov2)
     sd["blocks.0.attn.qkv.weight"] = torch.zeros(10, 384)
     del sd["norm.bias"]
     torch.save(sd, bad)

@@ -216,9 +216,14 @@ class _Segments:
         comp[~above] = 0
         comp = self._split_by_clusters(comp)
         sizes = np.bincount(comp.ravel())
-        small = sizes < self.min_pixels
-        small[0] = True
-        comp[small[comp]] = 0
+        drop = sizes < self.min_pixels
+        drop[0] = True
+        # Flat regions barely above the plane are depth noise on the table (bands along its
+        # far edge, specks), not objects: an object rises clearly above min_height somewhere.
+        for k in np.flatnonzero(~drop):
+            if np.percentile(height[comp == k], 90) < 1.5 * cfg.min_height:
+                drop[k] = True
+        comp[drop[comp]] = 0
         # Renumber 1..N so label maps stay small.
         _, inv = np.unique(comp, return_inverse=True)
         self.labels = inv.reshape(h, w).astype(np.int32) + int(not (comp == 0).any())

@@ -86,9 +86,14 @@ def pipeline_prompts(pipeline: Any, frame: Frame) -> Prompts:
 class FrameInputs:
     """Camera subscriptions + stamp sync + latest camera_info, shared by the hpg and segmentation nodes."""
 
+    INFO_WAIT = 0.5  # seconds a synced frame waits for the first camera_info before it is an error
+
     def __init__(self, node: Node, extra: dict[str, type] | None, depth: int, on_set) -> None:
         self.node, self.on_set = node, on_set
         self.info: CameraInfo | None = None
+        self.pending: tuple[dict[str, Any], float] | None = None
+        self._lock = threading.Lock()
+        node.create_timer(0.1, self._check_pending)
         topics = [COLOR_TOPIC, DEPTH_TOPIC] + list(extra or {})
         self.sync = StampSync(topics, depth=depth)
         self.received = 0
@@ -100,12 +105,30 @@ class FrameInputs:
 
     def _info(self, msg: CameraInfo) -> None:
         self.info = msg
+        with self._lock:
+            pending, self.pending = self.pending, None
+        if pending is not None:
+            self.on_set(pending[0], msg)
 
     def _add(self, topic: str, msg: Any) -> None:
         out = self.sync.add(topic, msg)
-        if out is not None:
-            self.received += 1
-            self.on_set(out, self.info)
+        if out is None:
+            return
+        self.received += 1
+        if self.info is None:
+            # Topics are not ordered against each other: give camera_info a moment to arrive.
+            with self._lock:
+                self.pending = (out, time.monotonic())
+            return
+        self.on_set(out, self.info)
+
+    def _check_pending(self) -> None:
+        with self._lock:
+            pending = self.pending
+            if pending is None or time.monotonic() - pending[1] < self.INFO_WAIT:
+                return
+            self.pending = None
+        self.on_set(pending[0], None)  # the worker reports the missing camera_info
 
     def frame(self, color: Image, depth: Image, info: CameraInfo | None, depth_scale: float) -> Frame:
         if info is None:

@@ -1,0 +1,67 @@
+"""HDNet (eq. 5): shapes, the repeat/concat wiring, the sum with SAM's IoU, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uois_sam_ros.core.hdnet import HDNet, load_hdnet, save_hdnet
+from uois_sam_ros.core.sam_backend import build_sam_architecture
+from uois_sam_ros.core.weights import CheckpointError
+
+torch.set_num_threads(2)
+
+
+def test_same_architecture_as_sams_iou_head():
+    sam_head = build_sam_architecture("vit_tiny", 256).mask_decoder.iou_prediction_head
+    net = HDNet()
+    assert type(net.mlp) is type(sam_head)
+    assert net.mlp.num_layers == sam_head.num_layers == 3
+    assert [tuple(layer.weight.shape) for layer in net.mlp.layers] == [(256, 512), (256, 256), (1, 256)]
+    assert [layer.out_features for layer in sam_head.layers][:2] == [256, 256]
+
+
+def test_shapes_and_eq5_sum():
+    torch.manual_seed(0)
+    net = HDNet().eval()
+    k = 7
+    t_iou, t_mask, s = torch.randn(k, 256), torch.randn(k, 4, 256), torch.rand(k, 4)
+    delta = net(t_iou, t_mask)
+    assert delta.shape == (k, 4)
+    adapted = net.adapted_iou(s, t_iou, t_mask)
+    torch.testing.assert_close(adapted, delta + s)
+    # each score j is the MLP on concat(T_iou, T_mask[:, j])
+    for j in range(4):
+        torch.testing.assert_close(delta[:, j], net.mlp(torch.cat([t_iou, t_mask[:, j]], 1))[:, 0])
+    # permuting the mask tokens permutes the scores
+    perm = torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(net(t_iou, t_mask[:, perm]), delta[:, perm])
+
+
+def test_bad_token_shapes():
+    with pytest.raises(ValueError, match=r"T_iou \(K, 256\)"):
+        HDNet()(torch.randn(3, 128), torch.randn(3, 4, 128))
+    with pytest.raises(ValueError, match="got"):
+        HDNet()(torch.randn(3, 256), torch.randn(2, 4, 256))
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    torch.manual_seed(1)
+    net = HDNet().eval()
+    path = tmp_path / "hdnet.pt"
+    save_hdnet(path, net, {"sam": "vit_l"})
+    loaded = load_hdnet(path)
+    assert loaded.meta == {"sam": "vit_l"}
+    t_iou, t_mask = torch.randn(2, 256), torch.randn(2, 4, 256)
+    torch.testing.assert_close(loaded(t_iou, t_mask), net(t_iou, t_mask))
+    with pytest.raises(CheckpointError, match="not found"):
+        load_hdnet(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_hdnet(bad)
+    blob = torch.load(path, weights_only=True)
+    blob["state_dict"]["mlp.layers.0.weight"] = torch.zeros(128, 512)
+    torch.save(blob, bad)
+    with pytest.raises(CheckpointError, match=r"mismatched shapes: mlp.layers.0.weight: file \(128, 512\)"):
+        load_hdnet(bad)
