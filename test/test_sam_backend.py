@@ -133,3 +133,14 @@ def test_decode_to_frame_resolution(segmenter):
     np.testing.assert_allclose(d.scores, d.iou_pred)
     with pytest.raises(ValueError, match="zero prompts"):
         segmenter.decode_lowres(Prompts.empty())
+
+
+def test_download_script_matches_the_table():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "scripts" / "download_weights.sh").read_text()
+    for name, w in OFFICIAL.items():
+        assert re.search(rf"^SHA\[{name}\]={w.sha256}$", text, re.M), name
+        assert re.search(rf"^URL\[{name}\]={re.escape(w.url)}$", text, re.M), name
+        assert re.search(rf"^FILE\[{name}\]={re.escape(w.filename)}$", text, re.M), name

@@ -279,6 +279,7 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
         spin.start()
         player = BagPlayer(node, topics, instances_topic)
         player.wait_for_graph(connect_timeout)
+        player.warm_up(frames[0], timeout)
         if lockstep:
             results = player.play_lockstep(frames, timeout, progress=_tqdm("lockstep", quiet=quiet))
             mode = "lockstep"

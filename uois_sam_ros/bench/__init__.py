@@ -1,1 +1,1 @@
-"""Benchmarks: print speed ratios measured in one run (never asserted in tests)."""
+"""Benchmarks: commands that print timings and ratios measured in one run (never asserted in tests)."""

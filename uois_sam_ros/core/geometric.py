@@ -125,7 +125,8 @@ def fit_table_plane(frame: Frame, cfg: GeometricConfig | None = None) -> TablePl
     near = valid & (np.abs(height) < cfg.plane_distance)
     plane = _orient(_refine_plane(pts[near].astype(np.float64)))
     height = (pts @ plane[:3].astype(np.float32) + np.float32(plane[3])).astype(np.float32)
-    inliers = valid & (np.abs(height) < cfg.plane_distance)
+    # Pixels min_height above the plane belong to objects, even within the RANSAC distance.
+    inliers = valid & (np.abs(height) < cfg.plane_distance) & (height <= cfg.min_height)
     return TablePlane(plane, inliers, height, _table_region(inliers), pts)
 
 
@@ -277,9 +278,9 @@ class _Segments:
 
     def mask_of(self, lab: int) -> np.ndarray:
         m = self.labels == lab
-        # Holes inside a region that belong to no other region (invalid depth on specular or
-        # transparent patches, a bowl's floor, texture cut out by colour edges) belong to it.
-        return m | (ndimage.binary_fill_holes(m) & (self.labels == 0))
+        # Holes inside a region that belong to no other region and are not table (invalid depth
+        # on specular or transparent patches, texture cut out by colour edges) belong to it.
+        return m | (ndimage.binary_fill_holes(m) & (self.labels == 0) & ~self.plane.inliers)
 
     def support(self, mask: np.ndarray) -> float:
         """Fraction of the region's footprint (points dropped onto the plane) inside the table."""

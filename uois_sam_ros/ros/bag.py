@@ -480,6 +480,33 @@ class BagPlayer:
                     raise BagError(f"could not subscribe to {out_name}: incompatible QoS?")
                 time.sleep(0.05)
 
+    def warm_up(self, frame: BagFrame, timeout: float = 60.0) -> float:
+        """Send one frame under a stamp no bag frame has until the graph answers it.
+
+        Models load lazily and DDS may drop the very first best-effort images after
+        discovery; neither should count as a dropped frame or a slow answer. Returns the
+        seconds the first answer took.
+        """
+        from builtin_interfaces.msg import Time
+
+        t = frame.stamp_ns - 1_000_000_000
+        sec, nsec = divmod(t, 1_000_000_000)
+        msgs = []
+        for raw, cls in ((frame.info, CameraInfo), (frame.depth, Image), (frame.color, Image)):
+            m = deserialize_message(raw, cls)
+            m.header.stamp = Time(sec=sec, nanosec=nsec)
+            msgs.append(m)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        while True:
+            for pub, m in zip((self._pub_info, self._pub_depth, self._pub_color), msgs, strict=True):
+                pub.publish(m)
+            if self._wait(t, min(deadline, time.monotonic() + 2.0)):
+                return time.monotonic() - t0
+            if time.monotonic() >= deadline:
+                raise BagError(f"the graph did not answer a warm-up frame on {self.instances_topic} within "
+                               f"{timeout:.0f} s (is it the right graph? check its log)")
+
     def _publish(self, frame: BagFrame) -> float:
         self._pub_info.publish(frame.info)
         self._pub_depth.publish(frame.depth)
@@ -507,13 +534,26 @@ class BagPlayer:
             out.append(r)
         return out
 
-    def play_lockstep(self, frames: Sequence[BagFrame], timeout: float = 60.0,
+    def play_lockstep(self, frames: Sequence[BagFrame], timeout: float = 60.0, resend: float = 5.0,
                       progress: Callable[[Iterable], Iterable] | None = None) -> list[FrameResult]:
-        """One frame at a time: publish, wait for its answer (or `timeout`), then the next."""
+        """One frame at a time: publish, wait for its answer (or `timeout`), then the next.
+
+        Camera topics are best effort, so a frame lost in transport is sent again (same
+        stamp, same bytes) after max(resend, 3 x the slowest answer so far) without an
+        answer; latency still counts from the first send.
+        """
         published: dict[int, float] = {}
+        slowest = 0.0
         for f in (progress(frames) if progress else frames):
-            published[f.stamp_ns] = self._publish(f)
-            self._wait(f.stamp_ns, time.monotonic() + timeout)
+            first = published[f.stamp_ns] = self._publish(f)
+            end = first + timeout
+            while not self._wait(f.stamp_ns, min(end, time.monotonic() + max(resend, 3 * slowest))):
+                if time.monotonic() >= end:
+                    break
+                self._publish(f)
+            with self._cond:
+                if f.stamp_ns in self._answers:
+                    slowest = max(slowest, self._answers[f.stamp_ns][0] - first)
         return self._results(frames, published)
 
     def play_rate(self, frames: Sequence[BagFrame], rate: float = 1.0, timeout: float = 30.0,

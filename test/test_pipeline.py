@@ -1,0 +1,175 @@
+"""UOISPipeline end to end: method selection, the tiny-SAM path, the weights-free path, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uois_sam_ros.core.config import ConfigError, config_from_dict
+from uois_sam_ros.core.hdnet import HDNet
+from uois_sam_ros.core.hpg import HPGNet
+from uois_sam_ros.core.pipeline import UOISPipeline, resolve_method
+from uois_sam_ros.core.postprocess import mask_iou, scale_box_limit
+from uois_sam_ros.core.types import Frame
+from uois_sam_ros.core.weights import CheckpointError
+
+torch.set_num_threads(2)
+TINY = {"model_type": "vit_tiny", "allow_random_weights": True, "image_size": 256}
+
+
+def _cfg(method: str, **sections):
+    d = {"sam": dict(TINY), "pipeline": {"method": method, "grid_points": 6}}
+    for k, v in sections.items():
+        d.setdefault(k, {}).update(v)
+    return config_from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    from uois_sam_ros.core.synthetic import generate_scene
+
+    return generate_scene(0).sample()
+
+
+@pytest.fixture(scope="module")
+def hpg_net():
+    torch.manual_seed(0)
+    return HPGNet("cnn_rgbd", width=8).eval()
+
+
+def _hdnet(bias: float) -> HDNet:
+    torch.manual_seed(0)
+    net = HDNet().eval()
+    with torch.no_grad():  # a constant correction makes the outcome of the threshold known
+        net.mlp.layers[-1].weight.zero_()
+        net.mlp.layers[-1].bias.fill_(bias)
+    return net
+
+
+def test_resolve_method():
+    assert resolve_method(config_from_dict({})) == "weights_free"
+    assert resolve_method(config_from_dict({"sam": {"checkpoint": "x.pth"}})) == "heatmap"
+    assert resolve_method(config_from_dict({"sam": {"checkpoint": "x.pth"}, "hdnet": {"checkpoint": "h.pt"}})) == "uois_sam"
+    assert resolve_method(config_from_dict({"pipeline": {"method": "grid"}})) == "grid"
+    with pytest.raises(ConfigError, match="pipeline.method 'sam_auto' is not one of"):
+        resolve_method(config_from_dict({"pipeline": {"method": "sam_auto"}}))
+
+
+def test_sam_method_without_checkpoint_names_it():
+    with pytest.raises(CheckpointError, match="sam.checkpoint is not set"):
+        UOISPipeline(config_from_dict({"pipeline": {"method": "grid"}, "sam": {"model_type": "vit_tiny"}}))
+
+
+def test_hdnet_method_without_hdnet_weights_names_it(hpg_net):
+    cfg = _cfg("uois_sam")
+    cfg.sam.allow_random_weights = False
+    from uois_sam_ros.core.sam_backend import build_sam_architecture
+
+    with pytest.raises(CheckpointError, match="set hdnet.checkpoint"):
+        UOISPipeline(cfg, sam_model=build_sam_architecture("vit_tiny", 256), hpg_model=hpg_net)
+
+
+def _check_instances(inst, frame, threshold, prompts, cfg):
+    H, W = frame.height, frame.width
+    assert inst.masks.shape[1:] == (H, W)
+    assert np.all(np.diff(inst.scores) <= 0)  # sorted by score
+    assert np.all(inst.scores > threshold)
+    if len(inst) > 1:
+        iou = mask_iou(inst.masks, inst.masks)
+        assert iou[~np.eye(len(inst), dtype=bool)].max() <= cfg.postprocess.nms_iou + 0.02
+    max_h, max_w = scale_box_limit(cfg.postprocess, H, W)
+    boxes = inst.boxes()
+    assert np.all(boxes[:, 3] - boxes[:, 1] <= max_h) and np.all(boxes[:, 2] - boxes[:, 0] <= max_w)
+    # every instance came from one of this frame's prompts
+    for p in inst.prompts:
+        assert np.any(np.all(np.isclose(prompts.points, p), axis=1))
+    assert {"prompts", "embedding", "decode", "postprocess", "total"} <= set(inst.timings)
+
+
+def test_uois_sam_tiny_end_to_end(scene, hpg_net):
+    big = {"max_box_height": 480, "max_box_width": 640}  # random SAM masks are noisy and large
+    cfg = _cfg("uois_sam", hpg={"fg_threshold": 0.0, "heatmap_threshold": -1e9, "top_k": 12}, postprocess=big)
+    frame = scene.frame()
+    keep_all = UOISPipeline(cfg, hpg_model=hpg_net, hdnet_model=_hdnet(+10.0))
+    inst = keep_all.run(frame)
+    assert keep_all.method == "uois_sam" and keep_all.uses_hdnet
+    assert len(keep_all.last_prompts) == 12
+    assert 1 <= len(inst) <= 12
+    _check_instances(inst, frame, cfg.hdnet.iou_threshold, keep_all.last_prompts, cfg)
+    # adapted IoU = SAM IoU + 10 (eq. 5 with a constant correction)
+    np.testing.assert_allclose(inst.scores, inst.sam_iou + 10.0, rtol=1e-5)
+    fg, heat = keep_all.debug_maps(frame.height, frame.width)
+    assert fg.shape == heat.shape == (frame.height, frame.width)
+    # the same frame with a correction of -10 keeps nothing: the 0.48 threshold is applied
+    none = UOISPipeline(cfg, sam_model=keep_all.segmenter.model, hpg_model=hpg_net, hdnet_model=_hdnet(-10.0))
+    empty = none.run(frame)
+    assert len(empty) == 0 and empty.masks.shape == (0, frame.height, frame.width)
+
+
+def test_zero_prompts_give_empty_instances(scene, hpg_net):
+    cfg = _cfg("heatmap", hpg={"fg_threshold": 1.0})  # no probability exceeds 1.0
+    p = UOISPipeline(cfg, hpg_model=hpg_net)
+    inst = p.run(scene.frame())
+    assert len(p.last_prompts) == 0 and len(inst) == 0
+    assert inst.timings["embedding"] == 0.0  # no encoder pass without prompts
+
+
+def test_grid_and_foreground_grid_prompts(scene, hpg_net):
+    lax = {"sam_iou_threshold": -1e9, "stability_threshold": 0.0}
+    big = {"max_box_height": 480, "max_box_width": 640}
+    frame = scene.frame()
+    grid = UOISPipeline(_cfg("grid", hdnet=lax, postprocess=big))
+    inst = grid.run(frame)
+    assert len(grid.last_prompts) == 36 and grid.hpg is None
+    assert len(inst) >= 1
+    _check_instances(inst, frame, -1e9, grid.last_prompts, grid.config)
+    np.testing.assert_allclose(inst.scores, inst.sam_iou)  # no HDNet: SAM's IoU is the score
+    fg = UOISPipeline(_cfg("grid_fg", hdnet=lax, postprocess=big, hpg={"fg_threshold": 0.5}),
+                      sam_model=grid.segmenter.model, hpg_model=hpg_net)
+    fg.run(frame)
+    kept = fg.last_prompts.points
+    assert len(kept) <= 36
+    all_pts = grid.last_prompts.points
+    assert all(np.any(np.all(np.isclose(all_pts, q), axis=1)) for q in kept)
+    assert np.all(fg.last_prompts.scores > 0.5)
+
+
+def test_sam_path_on_a_real_frame(real_rgbd_dir, hpg_net):
+    import cv2
+
+    from uois_sam_ros.core.types import Intrinsics
+
+    rgb = cv2.cvtColor(cv2.imread(str(real_rgbd_dir / "0000-color.png")), cv2.COLOR_BGR2RGB)
+    depth = cv2.imread(str(real_rgbd_dir / "0000-depth.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+    frame = Frame(rgb=rgb, depth=depth, intrinsics=Intrinsics.from_json(real_rgbd_dir / "camera.json"))
+    cfg = _cfg("heatmap", hpg={"fg_threshold": 0.0, "heatmap_threshold": -1e9, "top_k": 5},
+               hdnet={"sam_iou_threshold": -1e9, "stability_threshold": 0.0},
+               postprocess={"max_box_height": 480, "max_box_width": 640})
+    p = UOISPipeline(cfg, hpg_model=hpg_net)
+    inst = p.run(frame)
+    assert inst.masks.shape[1:] == (480, 640) and 1 <= len(inst) <= 5
+    _check_instances(inst, frame, -1e9, p.last_prompts, cfg)
+
+
+def test_weights_free_finds_the_rendered_objects():
+    from uois_sam_ros.core.synthetic import generate_scene
+
+    p = UOISPipeline(config_from_dict({"pipeline": {"method": "weights_free"}}))
+    assert p.method == "weights_free"
+    for seed in (0, 3):
+        s = generate_scene(seed).sample()
+        inst = p.run(s.frame())
+        ids = [i for i in np.unique(s.label) if i]
+        assert len(inst) == len(ids)
+        gt = np.stack([s.label == i for i in ids])
+        assert mask_iou(gt, inst.masks).max(axis=1).min() > 0.7
+        assert {"prompts", "embedding", "decode", "postprocess", "total"} <= set(inst.timings)
+
+
+def test_weights_free_needs_depth(scene):
+    from uois_sam_ros.core.types import FrameError
+
+    p = UOISPipeline(config_from_dict({"pipeline": {"method": "weights_free"}}))
+    with pytest.raises(FrameError, match="needs depth"):
+        p.run(Frame(rgb=scene.rgb, intrinsics=scene.intrinsics))
