@@ -17,11 +17,11 @@ from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from scipy import ndimage
 from sensor_msgs.msg import CameraInfo, Image
-from uois_sam_ros.msg import InstanceArray
 
 from uois_sam_ros.apps import bag as app
 from uois_sam_ros.core.metrics import MetricAccumulator
 from uois_sam_ros.core.types import Frame, Instances, Intrinsics, Sample
+from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.ros import bag
 from uois_sam_ros.ros.convert import frame_from_msgs, instance_arrays_diff, instances_to_msg
 from uois_sam_ros.ros.image import numpy_to_image

@@ -162,7 +162,8 @@ def test_one_hdnet_step_reduces_loss_and_features_are_cached(tiny_sam, tmp_path)
 
 
 def test_train_hdnet_cli_needs_a_sam_checkpoint(tmp_path, capsys):
-    assert thd.main(["--synthetic", "2", "--out", str(tmp_path / "h.pt")]) == 2
+    assert thd.main(["--sam-type", "vit_tiny", "--sam-image-size", "128", "--synthetic", "2",
+                     "--out", str(tmp_path / "h.pt")]) == 2
     assert "sam.checkpoint is not set" in capsys.readouterr().err
 
 

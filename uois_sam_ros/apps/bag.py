@@ -252,11 +252,12 @@ def start_bringup(graph_args: dict[str, str] | None = None, overrides: dict[str,
 def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeout: float = 60.0,
              topics: BagTopics = BagTopics(), instances_topic: str = INSTANCES_TOPIC,
              graph: Callable[[], Graph] | None = None, connect_timeout: float = 30.0,
-             quiet: bool = True) -> EvalResult:
+             restamp: bool = True, quiet: bool = True) -> EvalResult:
     """Replay BAG into a graph and score its /instances against the bag's GT.
 
     graph: starts the graph and returns its handle (default: nothing is started, the
-    graph is external). The bag is fully checked before anything starts.
+    graph is external). The bag is fully checked before anything starts. restamp: shift the
+    stamps to the present, so a graph that has seen this bag before still answers it.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -279,6 +280,8 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
         spin.start()
         player = BagPlayer(node, topics, instances_topic)
         player.wait_for_graph(connect_timeout)
+        if restamp:
+            player.restamp(frames)
         player.warm_up(frames[0], timeout)
         if lockstep:
             results = player.play_lockstep(frames, timeout, progress=_tqdm("lockstep", quiet=quiet))
@@ -334,7 +337,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     res = evaluate(a.bag, lockstep=a.rate is None, rate=a.rate or 1.0, timeout=a.timeout,
                    topics=BagTopics(a.color_topic, a.depth_topic, a.info_topic, a.gt_topic),
                    instances_topic=a.instances_topic, graph=graph, connect_timeout=a.connect_timeout,
-                   quiet=a.quiet)
+                   restamp=not a.keep_stamps, quiet=a.quiet)
     print(res.summary())
     if a.json:
         res.to_json(a.json, {"bag": str(a.bag)})
@@ -460,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--instances-topic", default=INSTANCES_TOPIC)
     e.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for an answer (lockstep: per frame; rate: for the last frame)")
+    e.add_argument("--keep-stamps", action="store_true",
+                   help="publish the bag's own stamps (default: shifted to now; a running graph drops "
+                        "stamps older than it has seen)")
     e.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the graph")
     _topic_args(e)
     e.set_defaults(func=cmd_eval)

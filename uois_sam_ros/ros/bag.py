@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sqlite3
+import struct
 import sys
 import threading
 import time
@@ -398,6 +399,20 @@ def _by_stamp(items: list[tuple[int, bytes]], msgtype: str, topic: str, path: Pa
 # ---------------------------------------------------------------- rclpy: play and record
 
 
+def with_stamp(cdr: bytes, stamp_ns: int) -> bytes:
+    """The same serialised stamped message with header.stamp replaced, bytes otherwise untouched.
+
+    std_msgs/Header comes first in every stamped message, so its stamp is the first 8 bytes
+    after the 4-byte encapsulation header (int32 sec, uint32 nanosec).
+    """
+    if len(cdr) < 12 or cdr[0] != 0 or cdr[1] not in (0, 1):
+        raise BagError("not a CDR-encoded message (bad encapsulation header)")
+    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
+    out = bytearray(cdr)
+    struct.pack_into("<iI" if cdr[1] == 1 else ">iI", out, 4, sec, nsec)
+    return bytes(out)
+
+
 def _qos(reliable: bool, depth: int = 1) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
@@ -441,12 +456,13 @@ class BagPlayer:
         self._pub_depth = node.create_publisher(Image, topics.depth, _qos(True, 2))
         self._pub_info = node.create_publisher(CameraInfo, topics.info, _qos(True, 2))
         self._sub = None
+        self.offset_ns = 0  # added to every stamp on the wire (restamp)
         self._cond = threading.Condition()
         self._answers: dict[int, tuple[float, object]] = {}
 
     def _on_answer(self, msg) -> None:
         now = time.monotonic()
-        t = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        t = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec) - self.offset_ns
         with self._cond:
             self._answers.setdefault(t, (now, msg))
             self._cond.notify_all()
@@ -480,38 +496,44 @@ class BagPlayer:
                     raise BagError(f"could not subscribe to {out_name}: incompatible QoS?")
                 time.sleep(0.05)
 
+    def restamp(self, frames: Sequence[BagFrame], now_ns: int | None = None) -> None:
+        """Shift all stamps so the bag starts 1 s after now (the warm-up frame goes at now).
+
+        Nodes drop inputs not newer than what they already processed, so a bag replayed
+        twice into a running graph would otherwise get no answers. Answers are matched
+        back to bag frames through the same offset.
+        """
+        if frames:
+            now_ns = time.time_ns() if now_ns is None else now_ns
+            self.offset_ns = now_ns + 1_000_000_000 - frames[0].stamp_ns
+
     def warm_up(self, frame: BagFrame, timeout: float = 60.0) -> float:
-        """Send one frame under a stamp no bag frame has until the graph answers it.
+        """Send one frame under a stamp 1 s before the bag until the graph answers it.
 
         Models load lazily and DDS may drop the very first best-effort images after
         discovery; neither should count as a dropped frame or a slow answer. Returns the
         seconds the first answer took.
         """
-        from builtin_interfaces.msg import Time
-
-        t = frame.stamp_ns - 1_000_000_000
-        sec, nsec = divmod(t, 1_000_000_000)
-        msgs = []
-        for raw, cls in ((frame.info, CameraInfo), (frame.depth, Image), (frame.color, Image)):
-            m = deserialize_message(raw, cls)
-            m.header.stamp = Time(sec=sec, nanosec=nsec)
-            msgs.append(m)
+        t = frame.stamp_ns + self.offset_ns - 1_000_000_000
+        msgs = [with_stamp(raw, t) for raw in (frame.info, frame.depth, frame.color)]
         t0 = time.monotonic()
         deadline = t0 + timeout
         while True:
             for pub, m in zip((self._pub_info, self._pub_depth, self._pub_color), msgs, strict=True):
                 pub.publish(m)
-            if self._wait(t, min(deadline, time.monotonic() + 2.0)):
+            if self._wait(t - self.offset_ns, min(deadline, time.monotonic() + 2.0)):
                 return time.monotonic() - t0
             if time.monotonic() >= deadline:
                 raise BagError(f"the graph did not answer a warm-up frame on {self.instances_topic} within "
                                f"{timeout:.0f} s (is it the right graph? check its log)")
 
     def _publish(self, frame: BagFrame) -> float:
-        self._pub_info.publish(frame.info)
-        self._pub_depth.publish(frame.depth)
+        def wire(raw: bytes) -> bytes:
+            return with_stamp(raw, frame.stamp_ns + self.offset_ns) if self.offset_ns else raw
+        self._pub_info.publish(wire(frame.info))
+        self._pub_depth.publish(wire(frame.depth))
         now = time.monotonic()
-        self._pub_color.publish(frame.color)
+        self._pub_color.publish(wire(frame.color))
         return now
 
     def _wait(self, stamp_ns: int, until: float) -> bool:

@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hm-weight", type=float, default=1.0)
     t.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="GT Gaussian sigma, px at input size")
     o = p.add_argument_group("run")
-    o.add_argument("--out", required=True, help="checkpoint path (best validation loss)")
+    o.add_argument("--out", help="checkpoint path (best validation loss)")
     o.add_argument("--log", help="CSV log path (default: OUT with .csv)")
     o.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt state")
     o.add_argument("--device", default="cpu")
@@ -315,7 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this budget")
     o.add_argument("--eval", action="store_true", help="print held-out prompt metrics of the best checkpoint")
+    o.add_argument("--evaluate", metavar="CKPT", help="no training: score CKPT (and an untrained net of the "
+                   "same architecture) on the validation data (--val-data or --val-synthetic)")
     return p
+
+
+def evaluate_checkpoint(ckpt: str | Path, val: ArraySet, device: str = "cpu", seed: int = 0) -> dict:
+    """Held-out metrics of a checkpoint next to an untrained network of the same architecture."""
+    model = load_hpg_checkpoint(ckpt, device)
+    torch.manual_seed(seed)
+    untrained = HPGNet(model.backbone_name, width=model.width, input_size=model.input_size)
+    return {"trained": evaluate_hpg(model, val, device=device),
+            "untrained": evaluate_hpg(untrained, val, device=device)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,6 +335,20 @@ def main(argv: list[str] | None = None) -> int:
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         size = (a.input_height, a.input_width)
+        if a.evaluate:
+            size = load_hpg_checkpoint(a.evaluate).input_size
+            if a.val_data:
+                val = dataset_arrays(a.val_data, size)
+            elif a.val_synthetic > 0:
+                val = synthetic_arrays(a.val_synthetic, a.val_seed, size, desc="held-out scenes")
+            else:
+                raise TrainingError("--evaluate needs --val-data DIR or --val-synthetic M")
+            res = evaluate_checkpoint(a.evaluate, val, a.device, a.seed)
+            for k, m in res.items():
+                print(f"{k:9s} " + " ".join(f"{n}={v:.4f}" for n, v in m.items()))
+            return 0
+        if not a.out:
+            raise TrainingError("--out is required for training")
         train, val = _load_data(a, size)
         print(f"training on {len(train)} images, validating on {len(val)}, input {size[0]}x{size[1]}",
               file=sys.stderr)
