@@ -107,11 +107,23 @@ class StampSync:
         self._lock = threading.Lock()
         self.last: tuple[int, int] = (-1, -1)
 
+    JUMP_BACK_NS = 2_000_000_000  # a stamp this far behind the last delivered one means a restart
+
+    def reset(self) -> None:
+        for b in self.buffers.values():
+            b.clear()
+        self.last = (-1, -1)
+
     def add(self, topic: str, msg: Any) -> dict[str, Any] | None:
         key = (int(msg.header.stamp.sec), int(msg.header.stamp.nanosec))
         with self._lock:
             if key <= self.last:
-                return None  # older than what was already delivered
+                back_ns = (self.last[0] - key[0]) * 1_000_000_000 + (self.last[1] - key[1])
+                if back_ns < self.JUMP_BACK_NS:
+                    return None  # older than what was already delivered
+                # Time jumped backwards (a bag restarted or looped, a sim clock reset):
+                # start over instead of ignoring every frame from now on.
+                self.reset()
             buf = self.buffers[topic]
             buf[key] = msg
             while len(buf) > self.depth:
