@@ -13,9 +13,9 @@ import sys
 import numpy as np
 from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
-from uois_sam_ros.msg import InstanceArray
 
 from uois_sam_ros.core.types import Instances
+from uois_sam_ros.msg import InstanceArray
 
 HEIGHT, WIDTH = 48, 64
 CORRUPTIONS = ("none", "mask", "roi", "score", "label_map", "stamp", "amodal_mask", "instances")

@@ -20,9 +20,9 @@ from instance_msgs_helper import CORRUPTIONS, HEIGHT, WIDTH, corrupt, sample_hea
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-from uois_sam_ros.msg import InstanceArray
 
 from uois_sam_ros.core.types import FrameError, Instances, Intrinsics, Prompts
+from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.ros.convert import (
     assert_instance_arrays_equal,
     camera_info_to_intrinsics,

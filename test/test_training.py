@@ -84,7 +84,7 @@ def test_short_hpg_training_beats_untrained_on_held_out(tiny_sets, tmp_path):
     assert trained.meta["val_loss"] == pytest.approx(min(r["val_loss"] for r in res["history"]))
 
 
-def test_checkpoint_round_trip_and_resume(tiny_sets, tmp_path):
+def test_checkpoint_round_trip_and_resume(tiny_sets, tmp_path, capsys):
     train, val = tiny_sets
     out = tmp_path / "c.pt"
     thpg.train_hpg(train.subset(np.arange(8)), val.subset(np.arange(4)), out, width=4, epochs=1, batch_size=4,
@@ -100,6 +100,9 @@ def test_checkpoint_round_trip_and_resume(tiny_sets, tmp_path):
     res = thpg.train_hpg(train.subset(np.arange(8)), val.subset(np.arange(4)), out, width=4, epochs=2,
                          batch_size=4, progress=False, resume=True)
     assert [r["epoch"] for r in res["history"]] == [2]
+    assert thpg.main(["--evaluate", str(out), "--val-synthetic", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("trained   fg_iou=") and lines[1].startswith("untrained fg_iou=")
     with pytest.raises(thpg.TrainingError, match="no training state"):
         thpg.train_hpg(train, val, tmp_path / "none.pt", width=4, epochs=1, resume=True, progress=False)
 
