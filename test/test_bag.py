@@ -387,29 +387,29 @@ def real_graph():
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_synthetic_bag_lockstep_equals_offline_pipeline(real_graph, tmp_path: Path, storage: str, capsys) -> None:
-    from uois_sam_ros.core.pipeline import UOISPipeline
-    from uois_sam_ros.ros.graph import params_to_config
+def test_synthetic_bag_lockstep_equals_uois_sam_eval(real_graph, tmp_path: Path, storage: str, capsys) -> None:
+    """dataset -> bag -> live graph (lockstep) scores exactly what uois-sam-eval scores offline."""
+    from uois_sam_ros.apps import eval as eval_app
+    from uois_sam_ros.core.synthetic import SceneConfig, write_uoais_dataset
 
-    graph, specs = real_graph
-    out = tmp_path / "syn"
-    assert app.main(["-q", "from-dataset", "--dataset", "synthetic", "--num", "3", "--seed", "11",
-                     "--width", "320", "--height", "240", "--out", str(out), "--storage", storage]) == 0
+    graph, _ = real_graph
+    root = tmp_path / "uoais"
+    ann = write_uoais_dataset(root, 3, seed=11, cfg=SceneConfig(width=320, height=240))
+    ref_json = tmp_path / "offline.json"
+    assert eval_app.main(["--dataset", "uoais-sim", "--root", str(root), "--annotations", str(ann),
+                          "--method", "weights_free", "--json", str(ref_json), "--no-progress"]) == 0
+    offline_out = capsys.readouterr().out
+    ref = json.loads(ref_json.read_text())["means"]
+
+    out = tmp_path / "bag"
+    assert app.main(["-q", "from-dataset", "--dataset", "uoais-sim", "--root", str(root), "--annotations",
+                     str(ann), "--out", str(out), "--storage", storage]) == 0
     res = app.evaluate(out, lockstep=True, timeout=60, graph=lambda: app.Graph(None, graph.title))
     assert (res.published, res.answered, res.unanswered) == (3, 3, 0)
-
-    # the same method on the same frames, offline: bag bytes -> Frame -> UOISPipeline -> metrics
-    seg = next(s for s in specs if s.name == "segmentation")
-    pipeline = UOISPipeline(params_to_config(seg.parameters))
-    acc = MetricAccumulator()
-    for f in bag.read_frames(out):
-        frame = frame_from_msgs(deserialize_message(f.color, Image), deserialize_message(f.depth, Image),
-                                deserialize_message(f.info, CameraInfo))
-        acc.add(f.name, pipeline.run(frame).label_map(), f.label)
     assert graph.title == "weights_free"
-    assert res.table == acc.format_table("weights_free")
-    for k, v in acc.means().items():
+    # the very same table, title included, as the offline CLI printed
+    assert res.table in offline_out
+    assert res.table.splitlines()[3].startswith("uoais-sim weights_free")
+    for k, v in ref.items():
         assert res.means[k] == pytest.approx(v, abs=1e-9), k
-    for row, ref in zip(res.rows, acc.rows, strict=True):
-        assert row["name"] == ref["name"] and row["OF"] == pytest.approx(ref["OF"], abs=1e-9)
     assert res.means["OF"] > 10  # the weights-free method finds objects on these scenes

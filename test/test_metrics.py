@@ -35,7 +35,7 @@ def oracle(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     gids = [int(i) for i in np.unique(gt) if i != 0]
     pids = [int(i) for i in np.unique(pred) if i != 0]
     if not gids and not pids:
-        return dict(OP=1, OR=1, OF=1, BP=1, BR=1, BF=1, P75=1, mIoU=0)
+        return dict(OP=1, OR=1, OF=1, BP=1, BR=1, BF=1, P75=1, mIoU=1)
     if not pids:
         return dict(OP=1, OR=0, OF=0, BP=1, BR=0, BF=0, P75=0, mIoU=0)
     if not gids:
@@ -111,7 +111,7 @@ def assert_same(a: dict, b: dict, tol: float = 1e-9) -> None:
 def test_both_empty_scores_one_everywhere():
     z = np.zeros((20, 30), np.uint16)
     m = image_metrics(z, z)
-    assert [m[k] for k in ("OP", "OR", "OF", "BP", "BR", "BF", "P75")] == [1.0] * 7
+    assert [m[k] for k in ("OP", "OR", "OF", "BP", "BR", "BF", "P75", "mIoU")] == [1.0] * 8
 
 
 def test_only_gt_empty_and_only_pred_empty():

@@ -100,7 +100,7 @@ def cmd_from_dataset(a: argparse.Namespace) -> int:
                               width=a.width or 640, height=a.height or 480)
     n = write_samples(a.out, samples, storage=a.storage, fps=a.fps,
                       topics=BagTopics(a.color_topic, a.depth_topic, a.info_topic, a.gt_topic),
-                      progress=_tqdm("writing bag", quiet=a.quiet))
+                      progress=_tqdm("writing bag", quiet=a.quiet), dataset=a.dataset)
     print(f"wrote {n} frames ({a.dataset}) to {a.out} [{a.storage}]")
     return 0
 
@@ -299,7 +299,10 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
         handle.stop()
         if own_init and rclpy.ok():
             rclpy.shutdown()
-    return score(frames, results, handle.title, mode)
+    # The same title as uois-sam-eval ("<dataset> <method>"), so the two tables read alike.
+    dataset = bag_info(bag).dataset
+    title = f"{dataset} {handle.title}" if dataset else handle.title
+    return score(frames, results, title, mode)
 
 
 def _spin(executor) -> None:

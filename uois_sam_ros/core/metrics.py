@@ -91,7 +91,8 @@ def _boundary_pixels(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _empty_result(op: float, or_: float, of: float, p75: float) -> dict[str, float]:
-    return {"OP": op, "OR": or_, "OF": of, "BP": op, "BR": or_, "BF": of, "P75": p75, "mIoU": 0.0,
+    # mIoU follows %75: a correctly empty prediction is perfect, any other empty case scores 0.
+    return {"OP": op, "OR": or_, "OF": of, "BP": op, "BR": or_, "BF": of, "P75": p75, "mIoU": p75,
             "boundary_undefined": 0.0}
 
 

@@ -41,6 +41,7 @@ INFO_TOPIC = "/camera/color/camera_info"
 GT_TOPIC = "/ground_truth/label"
 INSTANCES_TOPIC = "/instances"
 FRAMES_KEY = "uois_sam_ros.frames"  # custom_data: JSON [[stamp_ns, name], ...]
+DATASET_KEY = "uois_sam_ros.dataset"  # custom_data: the dataset kind the bag was made from
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -153,7 +154,7 @@ def _label_u16(label: np.ndarray, name: str) -> np.ndarray:
 def write_samples(path: str | Path, samples: Iterable[Sample], *, storage: str = "mcap",
                   fps: float = 10.0, start_ns: int = 1_700_000_000 * 1_000_000_000,
                   frame_id: str = "camera_color_optical_frame", topics: BagTopics = BagTopics(),
-                  progress: Callable[[Iterable], Iterable] | None = None) -> int:
+                  progress: Callable[[Iterable], Iterable] | None = None, dataset: str = "") -> int:
     """Write samples as colour + aligned depth + camera_info + GT label, all with one stamp per frame.
 
     Stamps are start_ns + i / fps, so a bag is reproducible and the bag time runs at fps.
@@ -201,6 +202,8 @@ def write_samples(path: str | Path, samples: Iterable[Sample], *, storage: str =
         if not names:
             raise BagError("the dataset yielded no frames; nothing to write")
         writer.set_custom_data(FRAMES_KEY, json.dumps(names))
+        if dataset:
+            writer.set_custom_data(DATASET_KEY, dataset)
         writer.close()
     except BaseException:
         writer.abort()
@@ -286,6 +289,7 @@ class BagInfo:
     duration_ns: int
     message_count: int
     frame_names: dict[int, str] = field(default_factory=dict)
+    dataset: str = ""  # the dataset kind written by from-dataset ('' when unknown)
 
 
 def bag_info(path: str | Path) -> BagInfo:
@@ -298,7 +302,8 @@ def bag_info(path: str | Path) -> BagInfo:
             topics[c.topic] = (t, n + int(c.msgcount))
         names: dict[int, str] = {}
         metadata = getattr(reader.storage, "metadata", None)
-        raw = ((getattr(metadata, "custom", None) or {}) if metadata else {}).get(FRAMES_KEY)
+        custom = (getattr(metadata, "custom", None) or {}) if metadata else {}
+        raw = custom.get(FRAMES_KEY)
         if raw:
             try:
                 names = {int(t): str(n) for t, n in json.loads(raw)}
@@ -308,7 +313,7 @@ def bag_info(path: str | Path) -> BagInfo:
         storage = "mcap" if files and files[0].suffix == ".mcap" else "sqlite3"
         n = reader.message_count
         return BagInfo(path, storage, topics, reader.start_time if n else 0,
-                       reader.duration if n else 0, n, names)
+                       reader.duration if n else 0, n, names, str(custom.get(DATASET_KEY, "")))
     finally:
         reader.close()
 
