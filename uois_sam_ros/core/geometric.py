@@ -8,6 +8,9 @@ concave) and, optionally, strong colour edges.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -24,6 +27,36 @@ from uois_sam_ros.core.types import Frame, FrameError, Prompts
 _REF_PIXELS = 640 * 480
 _MAX_PLANE_SAMPLES = 40000
 _MAX_PLANES = 3
+
+# open3d's RANSAC draws its samples from one process-wide random engine inside a parallel
+# loop that stops early once a good enough plane is seen, so which samples are tried (and
+# which plane wins) depended on thread timing and on other threads' fits reseeding or
+# drawing from the engine mid-fit: now and then the same frame gave a slightly different
+# table. Plane fits therefore run one at a time, single-threaded, each from a freshly seeded
+# engine. (open3d's thread limit is process-wide: other open3d work in the process runs
+# single-threaded for the few milliseconds of a fit.)
+_O3D_RANDOM_LOCK = threading.Lock()
+
+
+@contextmanager
+def _reproducible_open3d() -> Iterator[None]:
+    """Serialise users of open3d's global random engine and run open3d single-threaded."""
+    with _O3D_RANDOM_LOCK:
+        previous = o3d.utility.get_max_threads()
+        o3d.utility.set_max_threads(1)
+        try:
+            yield
+        finally:
+            o3d.utility.set_max_threads(previous)
+
+
+def _segment_plane(points: np.ndarray, cfg: GeometricConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """open3d RANSAC plane: the same points and seed give the same plane in any thread."""
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    with _reproducible_open3d():
+        o3d.utility.random.seed(seed)
+        model, inl = pcd.segment_plane(cfg.plane_distance, 3, cfg.plane_iterations)
+    return np.asarray(model), np.asarray(inl, dtype=np.int64)
 
 
 @dataclass
@@ -96,18 +129,15 @@ def fit_table_plane(frame: Frame, cfg: GeometricConfig | None = None) -> TablePl
     if len(idx) > _MAX_PLANE_SAMPLES:
         idx = rng.choice(idx, _MAX_PLANE_SAMPLES, replace=False)
     sample = pts.reshape(-1, 3)[idx].astype(np.float64)
-    o3d.utility.random.seed(cfg.seed)
     candidates: list[tuple[int, np.ndarray]] = []
     remaining = sample
     min_inliers = max(int(0.05 * len(sample)), 3 * cfg.cluster_min_points)
-    for _ in range(_MAX_PLANES):
+    for k in range(_MAX_PLANES):
         if len(remaining) < min_inliers:
             break
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(remaining))
-        model, inl = pcd.segment_plane(cfg.plane_distance, 3, cfg.plane_iterations)
+        _, inl = _segment_plane(remaining, cfg, cfg.seed + k)
         if len(inl) < min_inliers:
             break
-        inl = np.asarray(inl)
         candidates.append((len(inl), _orient(_refine_plane(remaining[inl]))))
         keep = np.ones(len(remaining), bool)
         keep[inl] = False

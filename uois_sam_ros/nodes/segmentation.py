@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from rclpy.node import Node
@@ -83,14 +84,30 @@ def pipeline_prompts(pipeline: Any, frame: Frame) -> Prompts:
     return pipeline.prompt_source.prompts(frame)
 
 
-class FrameInputs:
-    """Camera subscriptions + stamp sync + latest camera_info, shared by the hpg and segmentation nodes."""
+def _stamp_key(msg: Any) -> tuple[int, int]:
+    return int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)
 
-    INFO_WAIT = 0.5  # seconds a synced frame waits for the first camera_info before it is an error
+
+class FrameInputs:
+    """Camera subscriptions + stamp sync + each frame's own camera_info, shared by the hpg and
+    segmentation nodes.
+
+    A frame is paired with the camera_info of the same stamp, not with the latest one: topics
+    are not ordered against each other, so the latest camera_info may still be the previous
+    frame's (a different camera, or a re-calibrated one, gives different intrinsics). Once a
+    camera_info has matched a frame by stamp (realsense2_camera, bags, our camera node), each
+    frame waits up to INFO_WAIT for its own; a camera whose camera_info stamps never match its
+    images gets the latest camera_info at once.
+    """
+
+    INFO_WAIT = 0.5  # seconds a synced frame waits for its camera_info (the first one: else an error)
 
     def __init__(self, node: Node, extra: dict[str, type] | None, depth: int, on_set) -> None:
         self.node, self.on_set = node, on_set
-        self.info: CameraInfo | None = None
+        self.info: CameraInfo | None = None  # the latest
+        self.info_stamped = False  # a camera_info has matched a frame's stamp: frames wait for their own
+        self._infos: OrderedDict[tuple[int, int], CameraInfo] = OrderedDict()
+        self._info_depth = max(10, int(depth))
         self.pending: tuple[dict[str, Any], float] | None = None
         self._lock = threading.Lock()
         node.create_timer(0.1, self._check_pending)
@@ -104,23 +121,38 @@ class FrameInputs:
             node.create_subscription(mtype, topic, lambda m, t=topic: self._add(t, m), LATEST_QOS)
 
     def _info(self, msg: CameraInfo) -> None:
-        self.info = msg
+        key = _stamp_key(msg)
         with self._lock:
-            pending, self.pending = self.pending, None
-        if pending is not None:
-            self.on_set(pending[0], msg)
+            self.info = msg
+            self._infos[key] = msg
+            while len(self._infos) > self._info_depth:
+                self._infos.popitem(last=False)
+            pending = self.pending
+            if pending is None:
+                return
+            if _stamp_key(pending[0][COLOR_TOPIC]) == key:
+                self.info_stamped = True
+            elif self.info_stamped:
+                return  # not this frame's camera_info: keep waiting for it
+            self.pending = None
+        self.on_set(pending[0], msg)
 
     def _add(self, topic: str, msg: Any) -> None:
         out = self.sync.add(topic, msg)
         if out is None:
             return
         self.received += 1
-        if self.info is None:
-            # Topics are not ordered against each other: give camera_info a moment to arrive.
-            with self._lock:
+        with self._lock:
+            info = self._infos.get(_stamp_key(out[COLOR_TOPIC]))
+            if info is not None:
+                self.info_stamped = True
+            elif self.info is None or self.info_stamped:
+                # Give this frame's camera_info a moment to arrive (a newer frame replaces it).
                 self.pending = (out, time.monotonic())
-            return
-        self.on_set(out, self.info)
+                return
+            else:
+                info = self.info  # this camera's camera_info stamps do not follow its images
+        self.on_set(out, info)
 
     def _check_pending(self) -> None:
         with self._lock:
@@ -128,7 +160,10 @@ class FrameInputs:
             if pending is None or time.monotonic() - pending[1] < self.INFO_WAIT:
                 return
             self.pending = None
-        self.on_set(pending[0], None)  # the worker reports the missing camera_info
+            info = self.info
+        # Its own camera_info was lost (best-effort QoS): the latest is the best guess. None:
+        # the worker reports the missing camera_info.
+        self.on_set(pending[0], info)
 
     def frame(self, color: Image, depth: Image, info: CameraInfo | None, depth_scale: float) -> Frame:
         if info is None:
