@@ -58,7 +58,8 @@ for req in torch ros base; do
   if stamp_ok "req-$req" "$h"; then
     say "pip: requirements/$req.txt up to date"
   else
-    say "pip: installing requirements/$req.txt (first run: torch is ~2.5 GB, allow a few minutes)"
+    note=""; [[ $req == torch ]] && note=" (about 2.5 GB of wheels: allow a few minutes)"
+    say "pip: installing requirements/$req.txt$note"
     t0=$SECONDS
     "${PIP[@]}" -r "$REPO/requirements/$req.txt" -c "$REPO/requirements/torch.txt"
     say "pip: requirements/$req.txt done in $((SECONDS - t0)) s"
