@@ -25,7 +25,7 @@ def test_demo_prints_latency_metrics_and_writes_overlays(tmp_path: Path) -> None
     latencies = [float(re.search(r"latency +([\d.]+) ms", ln).group(1)) for ln in frames]
     assert all(0 < lat < 120_000 for lat in latencies)
     # the paper's table against the synthetic ground truth, with a real (non-zero) overlap F
-    row = next(ln for ln in lines if ln.startswith("weights-free graph"))
+    row = next(ln for ln in lines if ln.startswith("weights_free graph"))
     values = [float(v) for v in re.findall(r"\d+\.\d", row)]
     assert len(values) == 8 and values[2] > 30.0, row
     pngs = sorted(out.glob("*.png"))

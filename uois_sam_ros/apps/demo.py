@@ -18,9 +18,10 @@ from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import Image
 
 from uois_sam_ros.apps.bringup import build_nodes
+from uois_sam_ros.core.pipeline import resolve_method
 from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.ros.convert import stamp_to_sec
-from uois_sam_ros.ros.graph import GraphError, describe_graph, parse_source
+from uois_sam_ros.ros.graph import GraphError, describe_graph, params_to_config, parse_source
 from uois_sam_ros.ros.image import image_to_numpy
 from uois_sam_ros.ros.qos import LATEST_QOS
 
@@ -115,7 +116,8 @@ def run(argv: list[str] | None = None) -> int:
         dropped = camera.published - seen
         print(f"\n{seen} frames processed, {max(0, dropped)} camera frames skipped (only the latest is kept)")
         if len(acc):
-            print(acc.format_table("weights-free graph"))
+            seg = next(s for s in specs if s.name == "segmentation")
+            print(acc.format_table(f"{resolve_method(params_to_config(seg.parameters))} graph"))
         print(f"overlays written to {out}/")
     finally:
         executor.shutdown()

@@ -285,15 +285,19 @@ def select_peaks(fg_prob: np.ndarray, heatmap: np.ndarray, cfg: HPGConfig,
     return Prompts(np.stack([x, y], 1), np.ones(len(x), np.int64), vals)
 
 
-def save_hpg_checkpoint(path: str | Path, model: HPGNet, meta: dict | None = None) -> None:
+def save_hpg_checkpoint(path: str | Path, model: HPGNet, meta: dict | None = None, *,
+                        include_backbone: bool = True) -> None:
     """Save weights plus the arch hyper-parameters, so load_hpg_checkpoint needs nothing else.
 
     meta must hold plain values (str/int/float/bool/lists/dicts) so weights_only loading accepts it.
+    For dinov2_vits14 the frozen backbone is stored too by default (self-contained, about 88 MB of
+    float32 for ViT-S/14's 21.8M parameters); include_backbone=False keeps only the trained head
+    (a few MB), which then needs the official dinov2_vits14_pretrain.pth again at load time.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if model.backbone_name == "dinov2_vits14":  # frozen: the official file provides it
+    if model.backbone_name == "dinov2_vits14" and not include_backbone:
         state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
     torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "arch": model.arch(),
                 "meta": dict(meta or {}), "state_dict": state}, path)
@@ -301,7 +305,11 @@ def save_hpg_checkpoint(path: str | Path, model: HPGNet, meta: dict | None = Non
 
 def load_hpg_checkpoint(path: str | Path, device: str = "cpu",
                         backbone_checkpoint: str | None = None) -> HPGNet:
-    """Rebuild the HPGNet stored by save_hpg_checkpoint (weights_only=True), in eval mode."""
+    """Rebuild the HPGNet stored by save_hpg_checkpoint (weights_only=True), in eval mode.
+
+    A DINOv2 checkpoint that holds its backbone ignores backbone_checkpoint (the stored backbone is
+    the one the head was trained on); a head-only one needs backbone_checkpoint.
+    """
     from uois_sam_ros.core.weights import check_state_dict
 
     path = Path(path)
@@ -314,16 +322,21 @@ def load_hpg_checkpoint(path: str | Path, device: str = "cpu",
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise HPGCheckpointError(f"{path} is not an HPG checkpoint (no format={CHECKPOINT_FORMAT!r} header)")
     arch = blob["arch"]
+    state = blob["state_dict"]
+    head_only = arch["backbone"] == "dinov2_vits14" and not any(k.startswith("backbone.") for k in state)
+    if head_only and not backbone_checkpoint:
+        raise HPGCheckpointError(
+            f"{path} holds only the HPG head of a DINOv2 model; give the backbone_checkpoint "
+            "(hpg.backbone_checkpoint: the official dinov2_vits14_pretrain.pth)")
     model = HPGNet(arch["backbone"], width=int(arch["width"]),
                    input_size=(int(arch["input_height"]), int(arch["input_width"])),
                    head_channels=int(arch.get("head_channels", 256)),
-                   backbone_checkpoint=backbone_checkpoint)
-    state = blob["state_dict"]
+                   backbone_checkpoint=backbone_checkpoint if head_only else None)
     target = model.state_dict()
-    if model.backbone_name == "dinov2_vits14":
+    if head_only:
         target = {k: v for k, v in target.items() if not k.startswith("backbone.")}
     check_state_dict(target, state, path, what="HPG")
-    model.load_state_dict(state, strict=model.backbone_name != "dinov2_vits14")
+    model.load_state_dict(state, strict=not head_only)
     model.meta = blob.get("meta", {})
     return model.to(device).eval()
 

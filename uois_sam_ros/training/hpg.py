@@ -5,6 +5,9 @@ Loss (paper): 0.1 * class-weighted cross-entropy on foreground (inverse-frequenc
 StepLR x0.1 every 10 epochs, 30 epochs, batch 32; the checkpoint with the lowest
 validation loss is kept. Data: a UOAIS-Sim-style folder, or scenes from the synthetic
 generator (which is how the shipped weights-free checkpoint is made).
+
+Backbones: the small CNNs train end to end; dinov2_vits14 (the paper's setting, 336x448) stays
+frozen in eval mode and only the upsampling blocks and the head learn.
 """
 
 from __future__ import annotations
@@ -179,25 +182,62 @@ def _state_path(out: Path) -> Path:
     return out.with_name(out.stem + ".last.pt")
 
 
+TRAINABLE_BACKBONES = ("cnn_rgbd", "cnn_rgb", "dinov2_vits14")
+DEFAULT_INPUT = {"cnn_rgbd": (240, 320), "cnn_rgb": (240, 320), "dinov2_vits14": (336, 448)}
+
+
+def check_backbone_args(backbone: str, size_hw: tuple[int, int], backbone_checkpoint: str | None,
+                        random_backbone: bool) -> None:
+    """User errors in the backbone options, raised before any data is loaded."""
+    if backbone == "sam":
+        raise TrainingError("train_hpg does not train the 'sam' backbone (it needs precomputed SAM image "
+                            f"embeddings); choose one of {list(TRAINABLE_BACKBONES)}")
+    if backbone not in TRAINABLE_BACKBONES:
+        raise TrainingError(f"train_hpg trains {list(TRAINABLE_BACKBONES)}, not {backbone!r}")
+    if backbone == "dinov2_vits14":
+        h, w = size_hw
+        if h % 14 or w % 14:
+            raise TrainingError(f"DINOv2 ViT-S/14 needs an input size divisible by 14, got {h}x{w} "
+                                "(the paper uses 336x448)")
+        if not backbone_checkpoint and not random_backbone:
+            raise TrainingError("--backbone dinov2_vits14 needs --backbone-checkpoint PATH (the official "
+                                "dinov2_vits14_pretrain.pth); --random-backbone trains on a random frozen "
+                                "backbone, for tests and smoke runs only")
+        if backbone_checkpoint and random_backbone:
+            raise TrainingError("give either --backbone-checkpoint or --random-backbone, not both")
+    elif backbone_checkpoint:
+        raise TrainingError(f"--backbone-checkpoint is for the dinov2_vits14 backbone, not {backbone!r}")
+
+
+def trainable_parameters(model: HPGNet) -> list[torch.nn.Parameter]:
+    """What the optimiser gets: everything but a frozen backbone."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def train_hpg(train: ArraySet, val: ArraySet, out: str | Path, *, backbone: str = "cnn_rgbd", width: int = 16,
+              head_channels: int = 256, backbone_checkpoint: str | None = None, random_backbone: bool = False,
               epochs: int = 30, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4,
               step_size: int = 10, gamma: float = 0.1, ce_weight: float = 0.1, hm_weight: float = 1.0,
               sigma: float = DEFAULT_SIGMA, device: str = "cpu", seed: int = 0, resume: bool = False,
               log: str | Path | None = None, max_minutes: float = 0.0, meta: dict | None = None,
               progress: bool = True) -> dict:
-    """Train, keep the lowest-validation-loss checkpoint at out, return a summary dict."""
-    if backbone not in ("cnn_rgb", "cnn_rgbd"):
-        raise TrainingError(f"train_hpg trains the CNN backbones (cnn_rgb, cnn_rgbd), not {backbone!r}")
+    """Train, keep the lowest-validation-loss checkpoint at out, return a summary dict.
+
+    dinov2_vits14: the backbone comes from backbone_checkpoint (or random weights when
+    random_backbone), stays frozen, and is saved inside the checkpoint (about 88 MB).
+    """
     if len(train) == 0 or len(val) == 0:
         raise TrainingError("training and validation sets must both be non-empty")
+    h, w = train.rgb.shape[1:3]
+    check_backbone_args(backbone, (h, w), backbone_checkpoint, random_backbone)
     from tqdm import tqdm
 
     out = Path(out)
     dev = pick_device(device)
     torch.manual_seed(seed)
-    h, w = train.rgb.shape[1:3]
-    model = HPGNet(backbone, width=width, input_size=(h, w)).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    model = HPGNet(backbone, width=width, input_size=(h, w), head_channels=head_channels,
+                   backbone_checkpoint=backbone_checkpoint).to(dev)
+    opt = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
     start, best = 0, math.inf
     state_path = _state_path(out)
@@ -235,6 +275,8 @@ def train_hpg(train: ArraySet, val: ArraySet, out: str | Path, *, backbone: str 
             best = vl
             save_hpg_checkpoint(out, model.cpu(), {
                 **(meta or {}), "epoch": epoch + 1, "val_loss": vl, "input_height": h, "input_width": w,
+                "backbone": backbone, "backbone_checkpoint": str(backbone_checkpoint or ""),
+                "random_backbone": bool(random_backbone),
                 "sigma": sigma, "train_images": len(train), "val_images": len(val)})
             model.to(dev)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -292,10 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data-fraction", type=float, default=1.0, help="use this fraction of the training images")
     src.add_argument("--cache", help="npz cache of the synthetic training arrays")
     m = p.add_argument_group("model")
-    m.add_argument("--backbone", default="cnn_rgbd", choices=["cnn_rgbd", "cnn_rgb"])
+    m.add_argument("--backbone", default="cnn_rgbd", choices=list(TRAINABLE_BACKBONES),
+                   help="dinov2_vits14 = the paper's frozen DINOv2 ViT-S/14 (only the upsampling head learns); "
+                   "its checkpoint stores the backbone too, about 88 MB ('sam' is not trainable here)")
+    m.add_argument("--backbone-checkpoint", metavar="PATH",
+                   help="official dinov2_vits14_pretrain.pth (required for --backbone dinov2_vits14)")
+    m.add_argument("--random-backbone", action="store_true",
+                   help="dinov2_vits14 with random frozen weights instead of --backbone-checkpoint "
+                   "(tests / smoke runs only; the result is useless for real images)")
     m.add_argument("--width", type=int, default=16, help="CNN base width")
-    m.add_argument("--input-height", type=int, default=240)
-    m.add_argument("--input-width", type=int, default=320)
+    m.add_argument("--head-channels", type=int, default=256,
+                   help="channels of the first DINOv2 upsampling block (halved per block)")
+    m.add_argument("--input-height", type=int, default=None, help="default 240 (CNN) / 336 (DINOv2)")
+    m.add_argument("--input-width", type=int, default=None, help="default 320 (CNN) / 448 (DINOv2)")
     t = p.add_argument_group("optimisation (paper defaults)")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=32)
@@ -307,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hm-weight", type=float, default=1.0)
     t.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="GT Gaussian sigma, px at input size")
     o = p.add_argument_group("run")
-    o.add_argument("--out", help="checkpoint path (best validation loss)")
+    o.add_argument("--out", help="checkpoint path (best validation loss); CNN: well under 5 MB, "
+                   "dinov2_vits14: about 88 MB (frozen backbone stored, so it loads on its own)")
     o.add_argument("--log", help="CSV log path (default: OUT with .csv)")
     o.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt state")
     o.add_argument("--device", default="cpu")
@@ -320,11 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_checkpoint(ckpt: str | Path, val: ArraySet, device: str = "cpu", seed: int = 0) -> dict:
-    """Held-out metrics of a checkpoint next to an untrained network of the same architecture."""
-    model = load_hpg_checkpoint(ckpt, device)
+def evaluate_checkpoint(ckpt: str | Path, val: ArraySet, device: str = "cpu", seed: int = 0,
+                        backbone_checkpoint: str | None = None) -> dict:
+    """Held-out metrics of a checkpoint next to an untrained network of the same architecture.
+
+    For DINOv2 the untrained network shares the checkpoint's frozen backbone; only its head is fresh.
+    """
+    model = load_hpg_checkpoint(ckpt, device, backbone_checkpoint)
     torch.manual_seed(seed)
-    untrained = HPGNet(model.backbone_name, width=model.width, input_size=model.input_size)
+    untrained = HPGNet(model.backbone_name, width=model.width, input_size=model.input_size,
+                       head_channels=model.head_channels)
+    if model.backbone is not None and model.backbone_name == "dinov2_vits14":
+        untrained.backbone.load_state_dict(model.backbone.state_dict())
     return {"trained": evaluate_hpg(model, val, device=device),
             "untrained": evaluate_hpg(untrained, val, device=device)}
 
@@ -334,27 +393,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.threads > 0:
             torch.set_num_threads(a.threads)
-        size = (a.input_height, a.input_width)
+        dh, dw = DEFAULT_INPUT.get(a.backbone, (240, 320))
+        size = (a.input_height or dh, a.input_width or dw)
         if a.evaluate:
-            size = load_hpg_checkpoint(a.evaluate).input_size
+            size = load_hpg_checkpoint(a.evaluate, backbone_checkpoint=a.backbone_checkpoint).input_size
             if a.val_data:
                 val = dataset_arrays(a.val_data, size)
             elif a.val_synthetic > 0:
                 val = synthetic_arrays(a.val_synthetic, a.val_seed, size, desc="held-out scenes")
             else:
                 raise TrainingError("--evaluate needs --val-data DIR or --val-synthetic M")
-            res = evaluate_checkpoint(a.evaluate, val, a.device, a.seed)
+            res = evaluate_checkpoint(a.evaluate, val, a.device, a.seed, a.backbone_checkpoint)
             for k, m in res.items():
                 print(f"{k:9s} " + " ".join(f"{n}={v:.4f}" for n, v in m.items()))
             return 0
         if not a.out:
             raise TrainingError("--out is required for training")
+        check_backbone_args(a.backbone, size, a.backbone_checkpoint, a.random_backbone)
         train, val = _load_data(a, size)
         print(f"training on {len(train)} images, validating on {len(val)}, input {size[0]}x{size[1]}",
               file=sys.stderr)
         meta = {"data": a.data or f"synthetic:{a.synthetic}@{a.synthetic_seed}", "data_fraction": a.data_fraction,
                 "lr": a.lr, "batch_size": a.batch_size, "width": a.width}
-        res = train_hpg(train, val, a.out, backbone=a.backbone, width=a.width, epochs=a.epochs,
+        res = train_hpg(train, val, a.out, backbone=a.backbone, width=a.width, head_channels=a.head_channels,
+                        backbone_checkpoint=a.backbone_checkpoint, random_backbone=a.random_backbone,
+                        epochs=a.epochs,
                         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, step_size=a.step_size,
                         gamma=a.gamma, ce_weight=a.ce_weight, hm_weight=a.hm_weight, sigma=a.sigma,
                         device=a.device, seed=a.seed, resume=a.resume,
