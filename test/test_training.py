@@ -201,3 +201,31 @@ def test_shipped_checkpoint_puts_prompts_inside_objects():
     assert total > 0
     assert on / total > 0.8
     assert hit / objects > 0.5
+
+
+def test_train_hpg_cli_reads_uoais_layout_with_separate_annotations(tmp_path):
+    """The real UOAIS-Sim keeps its json in annotations/ with file names relative to the root."""
+    import json
+    import shutil
+
+    from uois_sam_ros.core.hpg import load_hpg_checkpoint
+    from uois_sam_ros.core.synthetic import SceneConfig, write_uoais_dataset
+
+    root = tmp_path / "UOAIS-Sim"
+    ann = write_uoais_dataset(root, 6, seed=3, cfg=SceneConfig(width=128, height=96, max_objects=4))
+    (root / "annotations").mkdir()
+    moved = root / "annotations" / "coco_anns_train.json"
+    shutil.move(str(ann), moved)
+    out = tmp_path / "hpg.pt"
+    common = ["--data", str(root), "--epochs", "1", "--batch-size", "2", "--width", "8",
+              "--input-height", "48", "--input-width", "64", "--val-split", "0.34", "--out", str(out),
+              "--log", str(tmp_path / "log.csv")]
+    # without --annotations the default DATA/annotations.json is missing: a clear error, exit 2
+    assert thpg.main(common) == 2
+    assert not out.exists()
+    assert thpg.main([*common, "--annotations", str(moved)]) == 0
+    model = load_hpg_checkpoint(out)
+    assert model.input_size == (48, 64)
+    rows = (tmp_path / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("epoch")
+    assert json.loads(moved.read_text())["images"][0]["file_name"].startswith("color/")

@@ -92,14 +92,22 @@ def synthetic_arrays(num: int, seed: int, size_hw: tuple[int, int], cache: str |
     return a
 
 
-def dataset_arrays(path: str | Path, size_hw: tuple[int, int], limit: int | None = None) -> ArraySet:
-    """A UOAIS-Sim-style folder (or its annotations json) read with the shared dataset reader."""
+def dataset_arrays(path: str | Path, size_hw: tuple[int, int], limit: int | None = None,
+                   annotations: str | Path | None = None) -> ArraySet:
+    """A UOAIS-Sim-style folder read with the shared dataset reader.
+
+    annotations: the COCO json whose file names are relative to path (the real UOAIS-Sim keeps
+    it in annotations/); default path/annotations.json. A json given as path uses its folder as root.
+    """
     from uois_sam_ros.core.datasets import DatasetError, open_dataset
 
     p = Path(path)
     if not p.exists():
         raise TrainingError(f"dataset folder not found: {p}")
-    root, ann = (p.parent, p) if p.is_file() else (p, p / "annotations.json")
+    if annotations is not None:
+        root, ann = p, Path(annotations)
+    else:
+        root, ann = (p.parent, p) if p.is_file() else (p, p / "annotations.json")
     try:
         ds = open_dataset("uoais-sim", root, ann, limit=limit)
         n = len(ds)

@@ -298,13 +298,13 @@ def train_hpg(train: ArraySet, val: ArraySet, out: str | Path, *, backbone: str 
 
 def _load_data(a: argparse.Namespace, size_hw: tuple[int, int]) -> tuple[ArraySet, ArraySet]:
     if a.data:
-        data = dataset_arrays(a.data, size_hw)
+        data = dataset_arrays(a.data, size_hw, annotations=a.annotations)
     elif a.synthetic > 0:
         data = synthetic_arrays(a.synthetic, a.synthetic_seed, size_hw, cache=a.cache)
     else:
         raise TrainingError("give --data DIR (UOAIS-Sim-style folder) or --synthetic N")
     if a.val_data:
-        val = dataset_arrays(a.val_data, size_hw)
+        val = dataset_arrays(a.val_data, size_hw, annotations=a.val_annotations)
         train = data
     elif a.val_synthetic > 0:
         val = synthetic_arrays(a.val_synthetic, a.val_seed, size_hw,
@@ -325,9 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="uois-sam-train-hpg", description=__doc__.splitlines()[0])
     src = p.add_argument_group("data")
     src.add_argument("--data", help="UOAIS-Sim-style folder (annotations json + color/depth images)")
+    src.add_argument("--annotations", help="COCO json of --data, file names relative to --data "
+                     "(default DATA/annotations.json)")
     src.add_argument("--synthetic", type=int, default=0, help="instead: render N synthetic training scenes")
     src.add_argument("--synthetic-seed", type=int, default=0)
     src.add_argument("--val-data", help="validation folder (default: --val-split of the training data)")
+    src.add_argument("--val-annotations", help="COCO json of --val-data (default VAL_DATA/annotations.json)")
     src.add_argument("--val-synthetic", type=int, default=0, help="render M synthetic validation scenes")
     src.add_argument("--val-seed", type=int, default=10_000_000)
     src.add_argument("--val-split", type=float, default=0.1)

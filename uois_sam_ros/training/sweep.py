@@ -62,7 +62,9 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="uois-sam-sweep", description=__doc__.splitlines()[0])
     p.add_argument("--data", help="UOAIS-Sim-style training folder (default: synthetic scenes)")
+    p.add_argument("--annotations", help="COCO json of --data (default DATA/annotations.json)")
     p.add_argument("--val-data", help="held-out folder (default: synthetic scenes)")
+    p.add_argument("--val-annotations", help="COCO json of --val-data (default VAL_DATA/annotations.json)")
     p.add_argument("--synthetic", type=int, default=500, help="synthetic training scenes when no --data")
     p.add_argument("--val-synthetic", type=int, default=50)
     p.add_argument("--fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS))
@@ -84,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         size = (a.input_height, a.input_width)
-        train = dataset_arrays(a.data, size) if a.data else synthetic_arrays(a.synthetic, a.seed, size)
-        val = (dataset_arrays(a.val_data, size) if a.val_data
+        train = (dataset_arrays(a.data, size, annotations=a.annotations) if a.data
+                 else synthetic_arrays(a.synthetic, a.seed, size))
+        val = (dataset_arrays(a.val_data, size, annotations=a.val_annotations) if a.val_data
                else synthetic_arrays(a.val_synthetic, 10_000_000 + a.seed, size, desc="held-out scenes"))
         rows = run_sweep(train, val, a.out, fr, epochs=a.epochs, batch_size=a.batch_size, width=a.width,
                          step_size=a.step_size, device=a.device, seed=a.seed)
