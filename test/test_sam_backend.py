@@ -144,3 +144,21 @@ def test_download_script_matches_the_table():
         assert re.search(rf"^SHA\[{name}\]={w.sha256}$", text, re.M), name
         assert re.search(rf"^URL\[{name}\]={re.escape(w.url)}$", text, re.M), name
         assert re.search(rf"^FILE\[{name}\]={re.escape(w.filename)}$", text, re.M), name
+
+
+def test_pickled_object_checkpoint_is_refused_without_unsafe_advice(tmp_path):
+    """A file that needs full unpickling is refused; the message must not suggest weights_only=False."""
+    import collections
+
+    import pytest
+    import torch
+
+    from uois_sam_ros.core.weights import CheckpointError, read_state_dict
+
+    p = tmp_path / "pickled.pth"
+    torch.save({"model": collections.Counter(a=1), "obj": ValueError("x")}, p)
+    with pytest.raises(CheckpointError) as ei:
+        read_state_dict(p, "SAM vit_b")
+    msg = str(ei.value)
+    assert str(p) in msg and "SAM vit_b" in msg and "weights_only=True" in msg
+    assert "False" not in msg and "\n" not in msg

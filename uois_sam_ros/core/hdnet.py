@@ -14,7 +14,7 @@ import torch
 from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
-from uois_sam_ros.core.weights import CheckpointError, check_state_dict
+from uois_sam_ros.core.weights import CheckpointError, check_state_dict, describe_load_error
 
 CHECKPOINT_FORMAT = "uois_sam_ros.hdnet"
 
@@ -57,7 +57,8 @@ def load_hdnet(path: str | Path, device: str = "cpu") -> HDNet:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"HDNet checkpoint {path} is corrupt or not a torch file: {e}") from None
+        raise CheckpointError(f"HDNet checkpoint {path} is corrupt or not a torch file: "
+                              f"{describe_load_error(e)}") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an HDNet checkpoint (no format={CHECKPOINT_FORMAT!r} header)")
     arch = blob["arch"]

@@ -60,6 +60,17 @@ def verify_sha256(path: str | Path, expected: str) -> None:
         raise CheckpointError(f"{path}: sha256 {got} does not match the official {expected}")
 
 
+def describe_load_error(e: BaseException) -> str:
+    """One short line for a failed torch.load; torch's own text advises weights_only=False,
+    which is exactly what must not be done with a file of unknown origin."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        return ("it holds more than tensors and plain containers (or is not a torch file at all), "
+                "and checkpoints are only loaded with weights_only=True")
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """torch.load(weights_only=True) with errors that name the file and what it was meant to be."""
     path = Path(path)
@@ -69,7 +80,7 @@ def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, tor
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors differ between torch versions
         raise CheckpointError(f"{what} checkpoint {path} is corrupt or not a torch state dict: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                              f"{describe_load_error(e)}") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
