@@ -14,7 +14,7 @@ import torch
 from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
-from uois_sam_ros.core.weights import CheckpointError, check_state_dict, describe_load_error
+from uois_sam_ros.core.weights import check_state_dict, read_checkpoint
 
 CHECKPOINT_FORMAT = "uois_sam_ros.hdnet"
 
@@ -52,15 +52,7 @@ def save_hdnet(path: str | Path, model: HDNet, meta: dict | None = None) -> None
 def load_hdnet(path: str | Path, device: str = "cpu") -> HDNet:
     """Load a save_hdnet file (weights_only=True); errors name the file and what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"HDNet checkpoint not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"HDNet checkpoint {path} is corrupt or not a torch file: "
-                              f"{describe_load_error(e)}") from None
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an HDNet checkpoint (no format={CHECKPOINT_FORMAT!r} header)")
+    blob = read_checkpoint(path, "HDNet", CHECKPOINT_FORMAT)
     arch = blob["arch"]
     model = HDNet(int(arch["token_dim"]), int(arch["hidden_dim"]), int(arch["num_layers"]))
     check_state_dict(model.state_dict(), blob["state_dict"], path, what="HDNet")

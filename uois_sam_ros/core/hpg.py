@@ -310,18 +310,10 @@ def load_hpg_checkpoint(path: str | Path, device: str = "cpu",
     A DINOv2 checkpoint that holds its backbone ignores backbone_checkpoint (the stored backbone is
     the one the head was trained on); a head-only one needs backbone_checkpoint.
     """
-    from uois_sam_ros.core.weights import check_state_dict, describe_load_error
+    from uois_sam_ros.core.weights import check_state_dict, read_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise HPGCheckpointError(f"HPG checkpoint not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise HPGCheckpointError(f"HPG checkpoint {path} is corrupt or not a torch file: "
-                                 f"{describe_load_error(e)}") from None
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise HPGCheckpointError(f"{path} is not an HPG checkpoint (no format={CHECKPOINT_FORMAT!r} header)")
+    blob = read_checkpoint(path, "HPG", CHECKPOINT_FORMAT, error=HPGCheckpointError)
     arch = blob["arch"]
     state = blob["state_dict"]
     head_only = arch["backbone"] == "dinov2_vits14" and not any(k.startswith("backbone.") for k in state)

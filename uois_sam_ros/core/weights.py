@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,16 +72,30 @@ def describe_load_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """torch.load(weights_only=True) with errors that name the file and what it was meant to be."""
+def load_torch_file(path: str | Path, what: str, *, error: type[Exception] = CheckpointError,
+                    kind: str = "torch file") -> Any:
+    """torch.load(weights_only=True) whose errors name the file and what it was meant to be."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} checkpoint not found: {path}")
+        raise error(f"{what} checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors differ between torch versions
-        raise CheckpointError(f"{what} checkpoint {path} is corrupt or not a torch state dict: "
-                              f"{describe_load_error(e)}") from None
+        raise error(f"{what} checkpoint {path} is corrupt or not a {kind}: {describe_load_error(e)}") from None
+
+
+def read_checkpoint(path: str | Path, what: str, fmt: str, *,
+                    error: type[Exception] = CheckpointError) -> dict[str, Any]:
+    """A file written by one of our save_* functions: a dict whose 'format' header is fmt."""
+    blob = load_torch_file(path, what, error=error)
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise error(f"{path} is not an {what} checkpoint (no format={fmt!r} header)")
+    return blob
+
+
+def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """An official checkpoint's state dict (optionally nested under 'model' or 'state_dict')."""
+    obj = load_torch_file(path, what, kind="torch state dict")
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
