@@ -18,9 +18,15 @@ from sensor_msgs.msg import Image
 from uois_sam_ros.core.types import FrameError
 from uois_sam_ros.msg import Prompts as PromptsMsg
 from uois_sam_ros.nodes.common import ErrorLog, LatestWorker, NodeParams, spin_node
-from uois_sam_ros.nodes.segmentation import PROMPTS_TOPIC, FrameInputs, build_pipeline, pipeline_prompts
-from uois_sam_ros.ros.convert import copy_header, prompts_to_msg, stamp_to_sec
-from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC
+from uois_sam_ros.nodes.segmentation import (
+    PROMPTS_TOPIC,
+    FrameInputs,
+    build_pipeline,
+    pipeline_prompts,
+    prepare_frame,
+)
+from uois_sam_ros.ros.convert import copy_header, prompts_to_msg
+from uois_sam_ros.ros.graph import COLOR_TOPIC
 from uois_sam_ros.ros.image import numpy_to_image
 from uois_sam_ros.ros.qos import LATEST_QOS
 
@@ -49,14 +55,9 @@ class HPGNode(Node):
     def _process(self, item: tuple[dict[str, Any], Any]) -> None:
         msgs, info = item
         color = msgs[COLOR_TOPIC]
-        try:
-            frame = self.inputs.frame(color, msgs[DEPTH_TOPIC], info, self.params.get("depth_scale"))
-        except FrameError as e:
-            self.errors(f"bad input frame at t={stamp_to_sec(color.header.stamp):.3f}: {e}")
+        frame = prepare_frame(self, msgs, info)
+        if frame is None:
             return
-        if self._config_changed:
-            self._config_changed = False
-            self.pipeline = build_pipeline(self, self.params.values())
         try:
             prompts = pipeline_prompts(self.pipeline, frame)
         except FrameError as e:

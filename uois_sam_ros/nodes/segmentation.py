@@ -172,6 +172,22 @@ class FrameInputs:
         return frame_from_msgs(color, depth, info, depth_scale=depth_scale)
 
 
+def prepare_frame(node: Any, msgs: dict[str, Any], info: CameraInfo | None) -> Frame | None:
+    """The start of every worker step of the hpg and segmentation nodes: the synced messages
+    as a Frame (a bad one is logged and skipped), and the pipeline rebuilt if a core
+    parameter changed since the last frame."""
+    color = msgs[COLOR_TOPIC]
+    try:
+        frame = node.inputs.frame(color, msgs[DEPTH_TOPIC], info, node.params.get("depth_scale"))
+    except FrameError as e:
+        node.errors(f"bad input frame at t={stamp_to_sec(color.header.stamp):.3f}: {e}")
+        return None
+    if node._config_changed:
+        node._config_changed = False
+        node.pipeline = build_pipeline(node, node.params.values())
+    return frame
+
+
 class SegmentationNode(Node):
     def __init__(self, node_name: str = "segmentation", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -205,14 +221,9 @@ class SegmentationNode(Node):
     def _process(self, item: tuple[dict[str, Any], CameraInfo | None]) -> None:
         msgs, info = item
         color = msgs[COLOR_TOPIC]
-        try:
-            frame = self.inputs.frame(color, msgs[DEPTH_TOPIC], info, self.params.get("depth_scale"))
-        except FrameError as e:
-            self.errors(f"bad input frame at t={stamp_to_sec(color.header.stamp):.3f}: {e}")
+        frame = prepare_frame(self, msgs, info)
+        if frame is None:
             return
-        if self._config_changed:
-            self._config_changed = False
-            self.pipeline = build_pipeline(self, self.params.values())
         try:
             if self.single:
                 inst = self.pipeline.run(frame)
