@@ -130,6 +130,17 @@ class UOISPipeline:
         timings.setdefault("embedding", 0.0)
         timings.setdefault("decode", 0.0)
         timings.setdefault("postprocess", 0.0)
+        return self._finish(out, timings, t0)
+
+    def _prompts(self, frame: Frame, timings: dict[str, float]) -> Prompts:
+        t = time.perf_counter()
+        prompts = self.prompt_source.prompts(frame)
+        timings["prompts"] = time.perf_counter() - t
+        self.last_prompts = prompts
+        return prompts
+
+    @staticmethod
+    def _finish(out: Instances, timings: dict[str, float], t0: float) -> Instances:
         timings["total"] = time.perf_counter() - t0
         out.timings = timings
         return out
@@ -147,10 +158,7 @@ class UOISPipeline:
             self.hpg.sam_embedding = crop_sam_embedding(self.segmenter.embedding, (H, W),
                                                         self.segmenter.encoder_size)
             embedded = True
-        t = time.perf_counter()
-        prompts = self.prompt_source.prompts(frame)
-        timings["prompts"] = time.perf_counter() - t
-        self.last_prompts = prompts
+        prompts = self._prompts(frame, timings)
         if len(prompts) == 0:
             return self._empty(frame, timings, t0)
         if not embedded:
@@ -202,19 +210,14 @@ class UOISPipeline:
         out = Instances(masks[srt], final_scores[srt], sam_iou=sam_iou[srt],
                         prompts=prompts.points[kept][srt], stamp=frame.stamp)
         timings["postprocess"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        out.timings = timings
-        return out
+        return self._finish(out, timings, t0)
 
     def _run_weights_free(self, frame: Frame) -> Instances:
         cfg = self.config
         H, W = frame.height, frame.width
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        t = time.perf_counter()
-        prompts = self.prompt_source.prompts(frame)
-        timings["prompts"] = time.perf_counter() - t
-        self.last_prompts = prompts
+        prompts = self._prompts(frame, timings)
         if len(prompts) == 0:
             return self._empty(frame, timings, t0)
         t = time.perf_counter()
@@ -233,6 +236,4 @@ class UOISPipeline:
         out = Instances(masks, best[kept], sam_iou=iou[kept, idx[kept]] if len(kept) else None,
                         prompts=prompts.points[kept], stamp=frame.stamp)
         timings["postprocess"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        out.timings = timings
-        return out
+        return self._finish(out, timings, t0)
