@@ -387,3 +387,35 @@ def test_table_plane_bit_reproducible_under_concurrency():
         assert len(outs) == 20
         for out in outs:
             _assert_same((ref[k].coefficients, ref[k].inliers, ref[k].height), out, names)
+
+
+def test_segmenter_reuses_the_prompt_sources_regions_for_the_same_frame(monkeypatch):
+    """The weights-free pipeline fits the plane and grows regions once per frame, and the
+    shared result is exactly what a segmenter computing its own gives."""
+    from uois_sam_ros.core import geometric
+
+    cfg = GeometricConfig()
+    frame, other = _synthetic_frame(13), _synthetic_frame(14)
+    source = GeometricPromptSource(cfg)
+    prompts = source.prompts(frame)
+    assert len(prompts) > 0
+    independent = GeometricSegmenter(cfg)
+    independent.set_frame(frame)
+    expected = independent.decode(prompts)
+
+    built: list[Frame] = []
+    real = geometric._Segments
+
+    def counting(f, c):
+        built.append(f)
+        return real(f, c)
+
+    monkeypatch.setattr(geometric, "_Segments", counting)
+    shared = GeometricSegmenter(cfg, source=source)
+    shared.set_frame(frame)
+    got = shared.decode(prompts)
+    assert built == []  # nothing recomputed for the frame the source just saw
+    assert np.array_equal(got.masks, expected.masks) and np.array_equal(got.scores, expected.scores)
+    shared.set_frame(other)  # another frame: computed afresh, never the stale regions
+    assert built == [other]
+    assert shared.plane is not source.last_segments.plane

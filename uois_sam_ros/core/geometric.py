@@ -349,12 +349,19 @@ class GeometricSegmenter:
 
     name = "geometric"
 
-    def __init__(self, cfg: GeometricConfig | None = None) -> None:
+    def __init__(self, cfg: GeometricConfig | None = None,
+                 source: GeometricPromptSource | None = None) -> None:
         self.cfg = cfg or GeometricConfig()
+        self.source = source
         self._seg: _Segments | None = None
 
     def set_frame(self, frame: Frame) -> None:
-        self._seg = _Segments(frame, self.cfg)
+        """The plane fit and region structure: taken from the prompt source when it just
+        computed them for this very frame and config, instead of computing them twice."""
+        seg = self.source.last_segments if self.source is not None else None
+        if seg is None or seg.frame is not frame or seg.cfg != self.cfg:
+            seg = _Segments(frame, self.cfg)
+        self._seg = seg
 
     @property
     def plane(self) -> TablePlane:

@@ -69,12 +69,14 @@ class UOISPipeline:
         if self.method == "weights_free":
             from uois_sam_ros.core import geometric  # lazy: needs open3d
 
-            self.segmenter = geometric.GeometricSegmenter(config.geometric)
             if pc.weights_free_prompts == "hpg":
                 self.hpg = HPG(config.hpg, hpg_model)
                 self.prompt_source = self.hpg
+                self.segmenter = geometric.GeometricSegmenter(config.geometric)
             elif pc.weights_free_prompts == "geometric":
                 self.prompt_source = geometric.GeometricPromptSource(config.geometric)
+                # the segmenter reuses the plane fit and regions the prompt source made for the frame
+                self.segmenter = geometric.GeometricSegmenter(config.geometric, source=self.prompt_source)
             else:
                 raise ConfigError(f"pipeline.weights_free_prompts must be 'geometric' or 'hpg', "
                                   f"got {pc.weights_free_prompts!r}")
