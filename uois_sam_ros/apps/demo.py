@@ -11,7 +11,9 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
@@ -24,6 +26,8 @@ from uois_sam_ros.ros.convert import stamp_to_sec
 from uois_sam_ros.ros.graph import GraphError, describe_graph, params_to_config, parse_source
 from uois_sam_ros.ros.image import image_to_numpy
 from uois_sam_ros.ros.qos import LATEST_QOS
+
+T = TypeVar("T")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -106,10 +110,11 @@ def run(argv: list[str] | None = None) -> int:
                     m = acc.add(sample.name, image_to_numpy(msg.label_map), sample.label)
                     line += f", F-measure {m.get('OF', float('nan')) * 100:5.1f}"
                 print(line, flush=True)
-                time.sleep(0.2)  # the overlay follows its InstanceArray
-                ov = overlays.get(key)
+                ov = _wait_for(lambda k=key: overlays.get(k), 5.0)  # published right after its InstanceArray
                 if ov is not None:
                     save_png(out / f"overlay_{seen:04d}.png", image_to_numpy(ov, "rgb8"))
+                else:
+                    print(f"warning: no instances/overlay arrived for frame {seen}", file=sys.stderr)
         if seen < args.frames:
             print(f"error: only {seen} of {args.frames} frames arrived", file=sys.stderr)
             return 1
@@ -125,6 +130,14 @@ def run(argv: list[str] | None = None) -> int:
             n.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _wait_for(get: Callable[[], T | None], timeout: float) -> T | None:
+    """Poll get() until it returns something: the overlay and /instances are separate topics."""
+    end = time.monotonic() + timeout
+    while (value := get()) is None and time.monotonic() < end:
+        time.sleep(0.02)
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:

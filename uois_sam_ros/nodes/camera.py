@@ -83,6 +83,8 @@ class CameraNode(Node):
         now = self.get_clock().now()
         header = make_header(now.to_msg(), self.frame_id)
         stamp = now.nanoseconds * 1e-9
+        for cb in list(self.on_publish):  # before the messages leave, so no answer can beat its sample
+            cb(stamp, sample)
         if sample.intrinsics is not None:  # first, so a subscriber has it when the images pair up
             self.pub_info.publish(intrinsics_to_camera_info(sample.intrinsics, header))
         self.pub_color.publish(numpy_to_image(sample.rgb, "rgb8", header))
@@ -91,8 +93,6 @@ class CameraNode(Node):
             mm = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)  # 16UC1 millimetres
             self.pub_depth.publish(numpy_to_image(mm, "16UC1", header))
         self.published += 1
-        for cb in list(self.on_publish):
-            cb(stamp, sample)
         return stamp
 
     def destroy_node(self) -> None:
