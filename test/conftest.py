@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout; UOIS_SHARED points elsewhere (e.g. a colcon workspace's src/).
+SHARED = Path(os.environ.get("UOIS_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "real_rgbd"
 
 # Must be set before rclpy initialises: Fast DDS would otherwise multicast off the machine,
 # and parallel test runs would hear each other.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 101)))
+# Never the caller's own domain: a test graph must not talk to a live robot's /instances.
+os.environ["ROS_DOMAIN_ID"] = os.environ.get("UOIS_TEST_ROS_DOMAIN_ID") or str(random.Random().randint(1, 101))
 venv = Path(sys.prefix)
 if (venv / "share" / "ament_index").is_dir():
     os.environ.setdefault("AMENT_PREFIX_PATH", str(venv))
@@ -24,7 +26,7 @@ if (venv / "share" / "ament_index").is_dir():
 
 @pytest.fixture(scope="session")
 def real_rgbd_dir() -> Path:
-    """The RealSense fixture frames in ../shared; tests that need them skip when absent."""
+    """The RealSense fixture frames in ../shared (or $UOIS_SHARED); tests that need them skip when absent."""
     d = FIXTURES / "uois_tabletop"
     if not d.is_dir():
         pytest.skip(f"shared fixtures not found at {d}")
