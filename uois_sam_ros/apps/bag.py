@@ -419,9 +419,10 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def _topic_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--color-topic", default=COLOR_TOPIC)
-    p.add_argument("--depth-topic", default=DEPTH_TOPIC)
-    p.add_argument("--info-topic", default=INFO_TOPIC)
+    p.add_argument("--color-topic", default=COLOR_TOPIC, help=f"colour image topic, rgb8 (default {COLOR_TOPIC})")
+    p.add_argument("--depth-topic", default=DEPTH_TOPIC,
+                   help=f"aligned depth topic, 16UC1 millimetres (default {DEPTH_TOPIC})")
+    p.add_argument("--info-topic", default=INFO_TOPIC, help=f"camera_info topic (default {INFO_TOPIC})")
     p.add_argument("--gt-topic", default=BagTopics().gt, help="ground-truth label topic (mono16)")
 
 
@@ -431,11 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("from-dataset", help="write a dataset to a bag")
-    d.add_argument("--dataset", required=True, choices=DATASETS)
+    d.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout under --root")
     d.add_argument("--root", help="dataset folder (not for synthetic)")
     d.add_argument("--annotations", help="COCO json (uoais-sim)")
     d.add_argument("--out", required=True, help="bag directory to create")
-    d.add_argument("--storage", choices=sorted(STORAGES), default="mcap")
+    d.add_argument("--storage", choices=sorted(STORAGES), default="mcap", help="rosbag2 storage (default mcap)")
     d.add_argument("--fps", type=float, default=10.0, help="bag clock: frames per second")
     d.add_argument("--num", type=int, default=10, help="synthetic: number of scenes")
     d.add_argument("--seed", type=int, default=0, help="synthetic: seed of the first scene")
@@ -443,13 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--height", type=int, help="synthetic image height (default 480)")
     d.add_argument("--intrinsics", help="fx,fy,cx,cy for datasets without camera files")
     d.add_argument("--camera", help="camera.json with the intrinsics")
-    d.add_argument("--sample-every", type=int, default=1)
-    d.add_argument("--limit", type=int)
+    d.add_argument("--sample-every", type=int, default=1, help="one frame in N (PhoCAL/HouseCat6D: 10)")
+    d.add_argument("--limit", type=int, help="write at most N frames")
     _topic_args(d)
     d.set_defaults(func=cmd_from_dataset)
 
     e = sub.add_parser("eval", help="replay a bag into the graph and score /instances")
-    e.add_argument("bag")
+    e.add_argument("bag", help="bag directory (from-dataset output)")
     mode = e.add_mutually_exclusive_group()
     mode.add_argument("--lockstep", action="store_true", help="wait for each answer (default; reproducible)")
     mode.add_argument("--rate", type=float, help="play on the bag clock x RATE; measures drops")
@@ -463,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("sam_checkpoint", "sam_model_type", "hpg_checkpoint", "hdnet_checkpoint", "device"):
         e.add_argument("--" + name.replace("_", "-"), dest=name, help=f"graph launch argument {name}")
     e.add_argument("--external", action="store_true", help="do not start a graph; replay into a running one")
-    e.add_argument("--instances-topic", default=INSTANCES_TOPIC)
+    e.add_argument("--instances-topic", default=INSTANCES_TOPIC,
+                   help=f"InstanceArray topic to score (default {INSTANCES_TOPIC})")
     e.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for an answer (lockstep: per frame; rate: for the last frame)")
     e.add_argument("--keep-stamps", action="store_true",
@@ -476,12 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record the live graph's topics")
     r.add_argument("--out", required=True, help="bag directory to create")
     r.add_argument("--topic", action="append", help="topic to record (repeat); default: camera topics + /instances")
-    r.add_argument("--storage", choices=sorted(STORAGES), default="mcap")
+    r.add_argument("--storage", choices=sorted(STORAGES), default="mcap", help="rosbag2 storage (default mcap)")
     r.add_argument("--duration", type=float, help="seconds to record (default: until Ctrl-C)")
     r.set_defaults(func=cmd_record)
 
     i = sub.add_parser("info", help="list a bag's topics")
-    i.add_argument("bag")
+    i.add_argument("bag", help="bag directory")
     i.set_defaults(func=cmd_info)
     return p
 

@@ -33,7 +33,7 @@ class UserError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="uois-sam-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, choices=KINDS)
+    ap.add_argument("--dataset", required=True, choices=KINDS, help="dataset layout under --root")
     ap.add_argument("--root", required=True, help="dataset root folder")
     ap.add_argument("--annotations", help="COCO json for --dataset uoais-sim (file names relative to --root)")
     ap.add_argument("--method", default="auto", choices=METHOD_CHOICES,

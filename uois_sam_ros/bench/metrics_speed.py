@@ -80,10 +80,10 @@ def scene(rng: np.random.Generator, h: int, w: int, k: int) -> tuple[np.ndarray,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=10)
-    ap.add_argument("--objects", type=int, default=10)
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--images", type=int, default=10, help="random label-map pairs to score")
+    ap.add_argument("--objects", type=int, default=10, help="objects per label map")
+    ap.add_argument("--height", type=int, default=480, help="image height, px")
+    ap.add_argument("--width", type=int, default=640, help="image width, px")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     data = [scene(rng, a.height, a.width, a.objects) for _ in range(a.images)]

@@ -42,11 +42,12 @@ def _row(name: str, t: dict[str, float], n: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="vit_t,vit_b")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--models", default="vit_t,vit_b",
+                    help="comma-separated SAM types with random weights; \"\" for weights-free only")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per row (after one warm-up)")
     ap.add_argument("--grid", type=int, default=32, help="grid points per side for the ratio")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

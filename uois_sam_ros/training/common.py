@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 import time
@@ -13,6 +14,17 @@ import numpy as np
 import torch
 
 from uois_sam_ros.core.types import Sample
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """--help shows each option's default, unless it is None or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if d is None or d is False or d == argparse.SUPPRESS or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class TrainingError(ValueError):

@@ -26,7 +26,14 @@ from uois_sam_ros.core.config import SamConfig
 from uois_sam_ros.core.hdnet import HDNet, load_hdnet, save_hdnet
 from uois_sam_ros.core.sam_backend import SamSegmenter
 from uois_sam_ros.core.types import Frame, Prompts, Sample
-from uois_sam_ros.training.common import Budget, CsvLog, TrainingError, fraction_indices, pick_device
+from uois_sam_ros.training.common import (
+    Budget,
+    CsvLog,
+    HelpFormatter,
+    TrainingError,
+    fraction_indices,
+    pick_device,
+)
 
 
 def sample_prompts(label: np.ndarray, num_fg: int, num_bg: int,
@@ -244,7 +251,8 @@ def _samples(a: argparse.Namespace) -> tuple[list[Sample], list[Sample]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="uois-sam-train-hdnet", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="uois-sam-train-hdnet", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--sam-type", default="vit_l", help="vit_h | vit_l | vit_b | vit_t | vit_tiny (tests)")
     p.add_argument("--sam-checkpoint", help="official SAM checkpoint (required except with --allow-random-sam)")
     p.add_argument("--allow-random-sam", action="store_true", help="random SAM weights (pipeline tests only)")
@@ -252,24 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="UOAIS-Sim-style folder")
     p.add_argument("--annotations", help="annotations json (default DATA/annotations.json)")
     p.add_argument("--synthetic", type=int, default=0, help="instead: N synthetic scenes")
-    p.add_argument("--synthetic-seed", type=int, default=0)
+    p.add_argument("--synthetic-seed", type=int, default=0, help="seed of the first synthetic scene")
     p.add_argument("--width", type=int, default=640, help="synthetic image width")
     p.add_argument("--height", type=int, default=480, help="synthetic image height")
-    p.add_argument("--val-split", type=float, default=0.1)
-    p.add_argument("--data-fraction", type=float, default=1.0)
+    p.add_argument("--val-split", type=float, default=0.1, help="fraction of the images held out for validation")
+    p.add_argument("--data-fraction", type=float, default=1.0, help="use this fraction of the training images")
     p.add_argument("--num-prompts", type=int, default=30, help="M prompts inside the GT masks per image")
     p.add_argument("--num-bg", type=int, default=10, help="background prompts per image (target 0)")
-    p.add_argument("--images-per-step", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--images-per-step", type=int, default=4,
+                   help="images (each with its M + background prompts) per optimiser step")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (the first also fills the SAM cache)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--cache-dir", default="out/sam_features", help="where SAM embeddings are cached")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="HDNet checkpoint path (best validation loss)")
     p.add_argument("--log", help="CSV log (default OUT with .csv)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=0.0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, prompt sampling and splits")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop after the epoch that passes this budget (0 = no limit)")
     a = p.parse_args(argv)
     try:
         if a.threads > 0:

@@ -37,6 +37,7 @@ from uois_sam_ros.training.common import (
     ArraySet,
     Budget,
     CsvLog,
+    HelpFormatter,
     TrainingError,
     dataset_arrays,
     fraction_indices,
@@ -322,18 +323,21 @@ def _load_data(a: argparse.Namespace, size_hw: tuple[int, int]) -> tuple[ArraySe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="uois-sam-train-hpg", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="uois-sam-train-hpg", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     src = p.add_argument_group("data")
     src.add_argument("--data", help="UOAIS-Sim-style folder (annotations json + color/depth images)")
     src.add_argument("--annotations", help="COCO json of --data, file names relative to --data "
                      "(default DATA/annotations.json)")
     src.add_argument("--synthetic", type=int, default=0, help="instead: render N synthetic training scenes")
-    src.add_argument("--synthetic-seed", type=int, default=0)
+    src.add_argument("--synthetic-seed", type=int, default=0, help="seed of the first synthetic training scene")
     src.add_argument("--val-data", help="validation folder (default: --val-split of the training data)")
     src.add_argument("--val-annotations", help="COCO json of --val-data (default VAL_DATA/annotations.json)")
     src.add_argument("--val-synthetic", type=int, default=0, help="render M synthetic validation scenes")
-    src.add_argument("--val-seed", type=int, default=10_000_000)
-    src.add_argument("--val-split", type=float, default=0.1)
+    src.add_argument("--val-seed", type=int, default=10_000_000,
+                     help="seed of the first synthetic validation scene (far from the training seeds)")
+    src.add_argument("--val-split", type=float, default=0.1,
+                     help="fraction of the training data held out for validation when no --val-data/--val-synthetic")
     src.add_argument("--data-fraction", type=float, default=1.0, help="use this fraction of the training images")
     src.add_argument("--cache", help="npz cache of the synthetic training arrays")
     m = p.add_argument_group("model")
@@ -351,23 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--input-height", type=int, default=None, help="default 240 (CNN) / 336 (DINOv2)")
     m.add_argument("--input-width", type=int, default=None, help="default 320 (CNN) / 448 (DINOv2)")
     t = p.add_argument_group("optimisation (paper defaults)")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--step-size", type=int, default=10)
-    t.add_argument("--gamma", type=float, default=0.1)
-    t.add_argument("--ce-weight", type=float, default=0.1)
-    t.add_argument("--hm-weight", type=float, default=1.0)
+    t.add_argument("--epochs", type=int, default=30, help="training epochs")
+    t.add_argument("--batch-size", type=int, default=32, help="images per optimiser step")
+    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    t.add_argument("--step-size", type=int, default=10, help="StepLR: epochs between learning-rate drops")
+    t.add_argument("--gamma", type=float, default=0.1, help="StepLR: factor of each drop")
+    t.add_argument("--ce-weight", type=float, default=0.1, help="weight of the foreground cross-entropy term")
+    t.add_argument("--hm-weight", type=float, default=1.0, help="weight of the heatmap MSE term")
     t.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="GT Gaussian sigma, px at input size")
     o = p.add_argument_group("run")
     o.add_argument("--out", help="checkpoint path (best validation loss); CNN: well under 5 MB, "
                    "dinov2_vits14: about 88 MB (frozen backbone stored, so it loads on its own)")
     o.add_argument("--log", help="CSV log path (default: OUT with .csv)")
     o.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt state")
-    o.add_argument("--device", default="cpu")
+    o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     o.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the data-fraction subset")
     o.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this budget")
     o.add_argument("--eval", action="store_true", help="print held-out prompt metrics of the best checkpoint")
     o.add_argument("--evaluate", metavar="CKPT", help="no training: score CKPT (and an untrained net of the "

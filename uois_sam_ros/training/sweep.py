@@ -17,6 +17,7 @@ from uois_sam_ros.core.hpg import load_hpg_checkpoint
 from uois_sam_ros.training.common import (
     ArraySet,
     CsvLog,
+    HelpFormatter,
     TrainingError,
     dataset_arrays,
     fraction_indices,
@@ -60,23 +61,25 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="uois-sam-sweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="uois-sam-sweep", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", help="UOAIS-Sim-style training folder (default: synthetic scenes)")
     p.add_argument("--annotations", help="COCO json of --data (default DATA/annotations.json)")
     p.add_argument("--val-data", help="held-out folder (default: synthetic scenes)")
     p.add_argument("--val-annotations", help="COCO json of --val-data (default VAL_DATA/annotations.json)")
     p.add_argument("--synthetic", type=int, default=500, help="synthetic training scenes when no --data")
-    p.add_argument("--val-synthetic", type=int, default=50)
-    p.add_argument("--fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS))
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--step-size", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--input-height", type=int, default=240)
-    p.add_argument("--input-width", type=int, default=320)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-synthetic", type=int, default=50, help="synthetic held-out scenes when no --val-data")
+    p.add_argument("--fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
+                   help="comma-separated training-data fractions, one HPG each (Table V)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs per fraction")
+    p.add_argument("--step-size", type=int, default=10, help="StepLR: epochs between learning-rate drops")
+    p.add_argument("--batch-size", type=int, default=32, help="images per optimiser step")
+    p.add_argument("--width", type=int, default=16, help="CNN base width")
+    p.add_argument("--input-height", type=int, default=240, help="HPG input height, px")
+    p.add_argument("--input-width", type=int, default=320, help="HPG input width, px")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes, subsets and initialisation")
     p.add_argument("--out", default="out/sweep", help="folder for checkpoints, logs and table_v.csv/md")
     a = p.parse_args(argv)
     try:
