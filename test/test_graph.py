@@ -10,11 +10,16 @@ from pathlib import Path
 import pytest
 
 from uois_sam_ros.ros.graph import (
+    CAMERA_PARAMS,
+    HPG_PARAMS,
     LAUNCH_ARGUMENTS,
+    SEGMENTATION_PARAMS,
     GraphError,
+    config_param_specs,
     describe_graph,
     describe_graph_from_arguments,
     launch_node_kwargs,
+    param_table,
     params_to_config,
 )
 
@@ -116,3 +121,34 @@ def test_yaml_parameters_and_errors(tmp_path):
         describe_graph(tmp_path / "missing.yaml")
     with pytest.raises(GraphError, match="unknown camera source"):
         describe_graph(source="webcam")
+
+
+def _readme_section(readme: str, heading: str) -> str:
+    start = readme.index(heading)
+    nxt = readme.find("\n#", start + len(heading))
+    return readme[start:nxt if nxt >= 0 else len(readme)]
+
+
+@pytest.mark.parametrize("heading,specs", [
+    ("### Node `camera`", CAMERA_PARAMS),
+    ("### Node `hpg`", HPG_PARAMS),
+    ("### Node `segmentation`", SEGMENTATION_PARAMS),
+    ("### Core parameters", config_param_specs()),
+])
+def test_readme_parameter_tables_match_the_declared_parameters(heading, specs):
+    """Each README node section lists exactly the parameters the node declares: name, type, default, meaning."""
+    section = _readme_section((REPO / "README.md").read_text(), heading)
+    assert param_table(specs) in section, f"README section {heading!r} is out of date: regenerate with param_table()"
+
+
+def test_every_core_parameter_has_its_own_meaning():
+    specs = config_param_specs()
+    assert {s.name for s in specs} >= {"hpg.top_k", "hdnet.iou_threshold", "postprocess.nms_iou", "sam.checkpoint"}
+    for s in specs:
+        section = s.name.split(".")[0]
+        assert s.description and not s.description.startswith(section), s.name
+    by_name = {s.name: s for s in specs}
+    assert by_name["hdnet.iou_threshold"].description.startswith("keep a prompt's best mask")
+    assert by_name["sam.checkpoint"].description.endswith("'' = none")
+    assert "(one of vit_h, vit_l, vit_b, vit_t)" in by_name["sam.model_type"].full_description
+    assert "\\|" in param_table([by_name["pipeline.method"]])  # a '|' in a meaning must not split the row

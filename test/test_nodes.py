@@ -270,6 +270,7 @@ def test_runtime_parameter_validation():
         ro = seg.set_parameters([Parameter("sam.checkpoint", value="/x.pth")])[0]
         assert not ro.successful
         desc = seg.describe_parameter("sam.checkpoint")
-        assert desc.read_only and "sam.checkpoint" in desc.description
+        assert desc.read_only and desc.description.startswith("path to the official .pth/.pt")
+        assert "the most prompts per frame" in seg.describe_parameter("hpg.top_k").description
     finally:
         g.close()

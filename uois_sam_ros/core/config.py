@@ -7,6 +7,9 @@ a typo in a YAML file is reported instead of silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,11 +27,11 @@ class ConfigError(ValueError):
 class SamConfig:
     """Segment Anything backend. With no checkpoint the weights-free backend is used."""
 
-    model_type: str = "vit_l"  # vit_h | vit_l | vit_b | vit_t (MobileSAM)
+    model_type: str = "vit_l"  # SAM architecture; vit_t is MobileSAM
     checkpoint: str | None = None  # path to the official .pth/.pt; never downloaded at run time
     device: str = "cpu"  # cpu | cuda | cuda:N
     multimask_output: bool = True  # 3 masks per prompt from SAM's multimask tokens (HDNet scores 4 tokens)
-    allow_random_weights: bool = False  # tests/benchmarks only: random init when checkpoint is null
+    allow_random_weights: bool = False  # tests/benchmarks only: random weights when there is no checkpoint
     image_size: int = 1024  # encoder input side; only the test architecture vit_tiny may change it
 
 
@@ -37,23 +40,23 @@ class HPGConfig:
     """Heatmap-based Prompt Generator (UOIS-SAM section III-B)."""
 
     backbone: str = "cnn_rgbd"  # dinov2_vits14 | sam | cnn_rgb | cnn_rgbd
-    checkpoint: str | None = None  # None = the small RGB-D checkpoint shipped in the package, if present
+    checkpoint: str | None = None  # HPG weights; none = the small RGB-D checkpoint shipped in the package
     backbone_checkpoint: str | None = None  # e.g. dinov2_vits14_pretrain.pth for the DINOv2 backbone
-    input_height: int = 336
-    input_width: int = 448
+    input_height: int = 336  # network input height, px (the paper: 336)
+    input_width: int = 448  # network input width, px (the paper: 448)
     fg_threshold: float = 0.85  # foreground probability needed for a peak
     heatmap_threshold: float = 0.007  # minimum heatmap value of a peak
-    top_k: int = 30  # K prompts
+    top_k: int = 30  # K: the most prompts per frame (the highest heatmap peaks)
     peak_kernel: int = 3  # max-pool window for peak suppression
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N
 
 
 @dataclass
 class HDNetConfig:
     """Hierarchical discrimination network: adapted IoU = SAM IoU + MLP(tokens) (eq. 5)."""
 
-    enabled: bool = True
-    checkpoint: str | None = None
+    enabled: bool = True  # add the HDNet correction to SAM's IoU (needs checkpoint)
+    checkpoint: str | None = None  # trained HDNet weights (uois-sam-train-hdnet)
     iou_threshold: float = 0.48  # keep a prompt's best mask only if its adapted IoU exceeds this
     sam_iou_threshold: float = 0.88  # methods without HDNet: SamAutomaticMaskGenerator's pred_iou_thresh
     stability_threshold: float = 0.95  # methods without HDNet: AMG's stability_score_thresh (0 = off)
@@ -64,12 +67,12 @@ class PostprocessConfig:
     """Filters after mask selection (UOIS-SAM section IV-A)."""
 
     nms_iou: float = 0.3  # mask NMS IoU threshold
-    max_box_height: int = 200  # masks whose box exceeds max_box_height x max_box_width are dropped ...
-    max_box_width: int = 200
-    reference_height: int = 480  # ... at this image size; the limit scales with the image size
-    reference_width: int = 640
-    min_area: int = 50  # pixels at the reference size (also scaled); smaller masks are noise
-    filter_before_nms: bool = False  # paper order is NMS then the size filter
+    max_box_height: int = 200  # masks with a taller box are dropped, px at the reference size
+    max_box_width: int = 200  # masks with a wider box are dropped, px at the reference size
+    reference_height: int = 480  # image height the size limits refer to; they scale per axis with the image
+    reference_width: int = 640  # image width the size limits refer to
+    min_area: int = 50  # smallest mask kept, px at the reference size (scaled with the image area)
+    filter_before_nms: bool = False  # size filter before NMS (the paper: NMS first)
 
 
 @dataclass
@@ -77,7 +80,7 @@ class GeometricConfig:
     """Weights-free backend: table plane + depth/colour region growing."""
 
     plane_distance: float = 0.01  # RANSAC inlier distance to the table plane, metres
-    plane_iterations: int = 200
+    plane_iterations: int = 200  # RANSAC iterations of the table-plane fit
     min_height: float = 0.008  # points this far above the plane belong to objects, metres
     max_height: float = 0.5  # ignore points higher than this above the table
     voxel_size: float = 0.005  # downsampling for clustering, metres
@@ -85,7 +88,7 @@ class GeometricConfig:
     cluster_min_points: int = 10  # DBSCAN core points; 30 loses steep faces seen at 3-5 mm pixel spacing
     depth_jump: float = 0.02  # relative depth discontinuity that stops region growing
     colour_weight: float = 0.0  # > 0 also stops region growing at strong colour edges
-    max_prompts: int = 30
+    max_prompts: int = 30  # most objects (prompts) per frame
     colour_edge: float = 30.0  # CIELAB distance that counts as a strong colour edge (scaled by colour_weight)
     concave_angle: float = 30.0  # degrees; concave creases sharper than this separate touching objects (0 = off)
     normal_step: int = 3  # pixel baseline of the depth-image normals (larger = smoother)
@@ -99,11 +102,11 @@ class PipelineConfig:
     """Which method runs: the full method, a Table IV ablation row, or the weights-free path."""
 
     method: str = "auto"  # auto | uois_sam | grid | grid_fg | heatmap | heatmap_hdnet | weights_free
-    weights_free_prompts: str = "geometric"  # prompt source of the weights-free method: geometric | hpg
+    weights_free_prompts: str = "geometric"  # prompt source of the weights-free method
     grid_points: int = 32  # points per side of the SAM automatic-generator grid
     decode_batch: int = 64  # prompts decoded per batch (memory bound on CPU)
     weights_free_min_score: float = 0.3  # weights-free segmenter: keep a region above this confidence
-    seed: int = 1
+    seed: int = 1  # seed of the random parts of a method, so that a frame always gives the same result
 
 
 @dataclass
@@ -117,6 +120,26 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's trailing '# ...' comment: one text for the YAML keys, ROS parameters and README.
+
+    Empty when the source is not available (a frozen install); callers fall back to the name.
+    """
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    line_name: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
+            line_name.setdefault(tok.start[0], tok.string)
+        elif tok.type == tokenize.COMMENT and tok.start[0] in line_name:
+            out[line_name[tok.start[0]]] = tok.string.lstrip("#").strip()
+    return out
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -161,10 +161,7 @@ class NodeParams:
         self._post_supported = hasattr(node, "add_post_set_parameters_callback")
 
     def _declare(self, spec: ParamSpec) -> None:
-        desc = spec.description
-        if spec.choices:
-            desc += f" (one of {', '.join(map(str, spec.choices))})"
-        descriptor = ParameterDescriptor(description=desc, read_only=spec.read_only)
+        descriptor = ParameterDescriptor(description=spec.full_description, read_only=spec.read_only)
         try:
             self.node.declare_parameter(spec.name, spec.default, descriptor)
         except Exception as e:  # an override of the wrong type: say which parameter

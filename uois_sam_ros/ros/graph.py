@@ -14,13 +14,14 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from uois_sam_ros.core.config import Config
+from uois_sam_ros.core.config import Config, field_docs
 from uois_sam_ros.core.sources import SOURCE_KINDS
 
 PACKAGE = "uois_sam_ros"
@@ -61,6 +62,14 @@ class ParamSpec:
     choices: tuple = ()
     min: float | None = None
     max: float | None = None
+
+    @property
+    def full_description(self) -> str:
+        """What `ros2 param describe` and the README say: the meaning plus the allowed values."""
+        desc = self.description
+        if self.choices:
+            desc += f" (one of {', '.join(map(str, self.choices))})"
+        return desc
 
     def coerce(self, value: Any, where: str) -> Any:
         """The value as this parameter's ROS type; raises GraphError naming where it came from."""
@@ -164,6 +173,7 @@ def config_param_specs() -> tuple[ParamSpec, ...]:
         if not dataclasses.is_dataclass(sub):
             continue
         hints = typing.get_type_hints(type(sub))
+        docs = field_docs(type(sub))
         for f in dataclasses.fields(sub):
             rt = _ros_type(hints[f.name])
             if rt is None:
@@ -172,10 +182,8 @@ def config_param_specs() -> tuple[ParamSpec, ...]:
             default = getattr(sub, f.name)
             if default is None:
                 default = ""
-            doc = (type(sub).__doc__ or "").strip().splitlines()[0]
-            desc = f"core config {name} ({doc}); see uois_sam_ros/core/config.py"
-            if rt[1]:
-                desc += "; '' = none"
+            doc = docs.get(f.name) or (type(sub).__doc__ or "").strip().splitlines()[0]
+            desc = doc + ("; '' = none" if rt[1] else "")
             out.append(ParamSpec(name, rt[0], default, desc, name in _READ_ONLY_CONFIG,
                                  choices=_CONFIG_CHOICES.get(name, ())))
     return tuple(out)
@@ -215,6 +223,15 @@ NODE_KINDS: dict[str, NodeKind] = {
 
 def param_specs(kind: str) -> dict[str, ParamSpec]:
     return {p.name: p for p in NODE_KINDS[kind].params}
+
+
+def param_table(specs: Iterable[ParamSpec]) -> str:
+    """The README's markdown table of parameters; a test keeps the README equal to it."""
+    rows = ["| name | type | default | meaning |", "|---|---|---|---|"]
+    for p in specs:
+        meaning = p.full_description.replace("|", "\\|") + (" Read-only." if p.read_only else "")
+        rows.append(f"| `{p.name}` | {p.type} | `{p.default!r}` | {meaning} |")
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)
