@@ -50,6 +50,14 @@ def build_nodes(specs: list[NodeSpec], context: Context | None = None,
     return nodes
 
 
+def stop_graph(executor: MultiThreadedExecutor, nodes: list[Node]) -> None:
+    """The in-process graph's teardown (bringup, demo): executor, then nodes, then the rclpy context."""
+    executor.shutdown()
+    for n in nodes:
+        n.destroy_node()
+    rclpy.try_shutdown()
+
+
 def add_graph_arguments(ap: argparse.ArgumentParser) -> None:
     for name, default, help_text in LAUNCH_ARGUMENTS:
         ap.add_argument("--" + name.replace("_", "-"), dest=name, default=default,
@@ -87,10 +95,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        executor.shutdown()
-        for n in nodes:
-            n.destroy_node()
-        rclpy.try_shutdown()
+        stop_graph(executor, nodes)
     return 0
 
 

@@ -19,7 +19,7 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import Image
 
-from uois_sam_ros.apps.bringup import build_nodes
+from uois_sam_ros.apps.bringup import build_nodes, stop_graph
 from uois_sam_ros.core.pipeline import resolve_method
 from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.ros.convert import stamp_to_sec
@@ -125,10 +125,7 @@ def run(argv: list[str] | None = None) -> int:
             print(acc.format_table(f"{resolve_method(params_to_config(seg.parameters))} graph"))
         print(f"overlays written to {out}/")
     finally:
-        executor.shutdown()
-        for n in nodes:
-            n.destroy_node()
-        rclpy.try_shutdown()
+        stop_graph(executor, nodes)
     return 0
 
 
