@@ -25,7 +25,7 @@ setup(
         "uois-sam-hpg=uois_sam_ros.nodes.hpg:main",
         "uois-sam-segmentation=uois_sam_ros.nodes.segmentation:main",
         "uois-sam-bag=uois_sam_ros.apps.bag:main",
-        "uois-sam-synth=uois_sam_ros.core.synthetic:main",
+        "uois-sam-synth=uois_sam_ros.core.data.synthetic:main",
         "uois-sam-train-hpg=uois_sam_ros.training.hpg:main",
         "uois-sam-train-hdnet=uois_sam_ros.training.hdnet:main",
         "uois-sam-sweep=uois_sam_ros.training.sweep:main",

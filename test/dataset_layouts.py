@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from uois_sam_ros.core import rle
+from uois_sam_ros.core.data import rle
 
 W, H = 64, 48
 INTR = {"fx": 60.0, "fy": 61.0, "cx": 32.0, "cy": 24.0}

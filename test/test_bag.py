@@ -19,7 +19,7 @@ from scipy import ndimage
 from sensor_msgs.msg import CameraInfo, Image
 
 from uois_sam_ros.apps import bag as app
-from uois_sam_ros.core.metrics import MetricAccumulator
+from uois_sam_ros.core.eval.metrics import MetricAccumulator
 from uois_sam_ros.core.types import Frame, Instances, Intrinsics, Sample
 from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.ros import bag
@@ -358,7 +358,7 @@ def test_cli_from_dataset_synthetic_and_info(tmp_path: Path, capsys) -> None:
     assert rc == 0, capsys.readouterr().err
     assert "wrote 2 frames (synthetic)" in capsys.readouterr().out
     frames = bag.read_frames(out)
-    from uois_sam_ros.core.synthetic import SceneConfig, generate_scene
+    from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
     scene = generate_scene(4, SceneConfig(width=160, height=120))
     assert frames[1].name == "synthetic_00000004"
     assert np.array_equal(frames[1].label, scene.label)
@@ -390,7 +390,7 @@ def real_graph():
 def test_synthetic_bag_lockstep_equals_uois_sam_eval(real_graph, tmp_path: Path, storage: str, capsys) -> None:
     """dataset -> bag -> live graph (lockstep) scores exactly what uois-sam-eval scores offline."""
     from uois_sam_ros.apps import eval as eval_app
-    from uois_sam_ros.core.synthetic import SceneConfig, write_uoais_dataset
+    from uois_sam_ros.core.data.synthetic import SceneConfig, write_uoais_dataset
 
     graph, _ = real_graph
     root = tmp_path / "uoais"

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uois_sam_ros.core.sources import EndOfSource, FolderSource, RealSenseSource, SourceError, SyncerBackend
+from uois_sam_ros.core.data.realsense import RealSenseSource, SyncerBackend
+from uois_sam_ros.core.data.sources import EndOfSource, FolderSource, SourceError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,7 +192,7 @@ def test_camera_node_software_device_process_exits_cleanly():
     """Software RealSense through the node in its own process; exit code 0 after shutdown."""
     setup = "ns = {}\nexec(" + repr(SOFTWARE_DEVICE) + ", ns)\n" + textwrap.dedent("""
         from uois_sam_ros.ros.sources import import_pyrealsense2
-        from uois_sam_ros.core.sources import RealSenseSource, SyncerBackend
+        from uois_sam_ros.core.data.realsense import RealSenseSource, SyncerBackend
         rs = import_pyrealsense2()
         dev, sync, intr, inject, sensors = ns["software_realsense"](rs, 64, 48)
         rgb = np.arange(64 * 48 * 3, dtype=np.uint32).reshape(48, 64, 3).astype(np.uint8)

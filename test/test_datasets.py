@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import dataset_layouts as L  # noqa: E402
 
-from uois_sam_ros.core.datasets import DatasetError, ocid_table_sequence, open_dataset  # noqa: E402
+from uois_sam_ros.core.data.datasets import DatasetError, ocid_table_sequence, open_dataset  # noqa: E402
 from uois_sam_ros.core.types import Intrinsics  # noqa: E402
 
 

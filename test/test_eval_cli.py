@@ -19,7 +19,7 @@ from uois_sam_ros.apps.eval import main  # noqa: E402
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     """Two rendered tabletop scenes (H4's generator) in the UOAIS-Sim layout."""
-    synthetic = pytest.importorskip("uois_sam_ros.core.synthetic")
+    synthetic = pytest.importorskip("uois_sam_ros.core.data.synthetic")
     root = tmp_path_factory.mktemp("syn")
     synthetic.write_uoais_dataset(root, 2, seed=5, cfg=synthetic.SceneConfig(
         width=320, height=240, min_objects=3, max_objects=5))

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from uois_sam_ros.core.backend import PromptableSegmenter, PromptSource
 from uois_sam_ros.core.config import GeometricConfig, config_from_dict
-from uois_sam_ros.core.geometric import GeometricPromptSource, GeometricSegmenter, fit_table_plane
+from uois_sam_ros.core.segment.backend import PromptableSegmenter, PromptSource
+from uois_sam_ros.core.segment.geometric import GeometricPromptSource, GeometricSegmenter, fit_table_plane
 from uois_sam_ros.core.types import Frame, FrameError, Intrinsics, Prompts
 
 W, H = 240, 180
@@ -334,7 +334,7 @@ def _assert_same(ref: tuple, out: tuple, names: tuple[str, ...]) -> None:
 
 
 def _synthetic_frame(seed: int) -> Frame:
-    from uois_sam_ros.core.synthetic import SceneConfig, generate_scene
+    from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
 
     s = generate_scene(seed, SceneConfig(width=320, height=240))
     mm = np.clip(np.round(s.depth.astype(np.float64) * 1000.0), 0, 65535).astype(np.uint16)
@@ -345,7 +345,7 @@ def test_weights_free_pipeline_bit_reproducible_across_threads():
     """The same frame gives the very same instances, run again and from another thread, also
     while another pipeline works on another frame at the same time (as the hpg and
     segmentation nodes do)."""
-    from uois_sam_ros.core.pipeline import UOISPipeline
+    from uois_sam_ros.core.segment.pipeline import UOISPipeline
 
     cfg = config_from_dict({"pipeline": {"method": "weights_free"}})
     a, b = _synthetic_frame(13), _synthetic_frame(14)
@@ -392,7 +392,7 @@ def test_table_plane_bit_reproducible_under_concurrency():
 def test_segmenter_reuses_the_prompt_sources_regions_for_the_same_frame(monkeypatch):
     """The weights-free pipeline fits the plane and grows regions once per frame, and the
     shared result is exactly what a segmenter computing its own gives."""
-    from uois_sam_ros.core import geometric
+    from uois_sam_ros.core.segment import geometric
 
     cfg = GeometricConfig()
     frame, other = _synthetic_frame(13), _synthetic_frame(14)

@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 
 from uois_sam_ros.ros.graph import (
-    CAMERA_PARAMS,
-    HPG_PARAMS,
     LAUNCH_ARGUMENTS,
-    SEGMENTATION_PARAMS,
     GraphError,
-    config_param_specs,
     describe_graph,
     describe_graph_from_arguments,
     launch_node_kwargs,
+)
+from uois_sam_ros.ros.params import (
+    CAMERA_PARAMS,
+    HPG_PARAMS,
+    SEGMENTATION_PARAMS,
+    config_param_specs,
     param_table,
     params_to_config,
 )

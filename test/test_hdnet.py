@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uois_sam_ros.core.hdnet import HDNet, load_hdnet, save_hdnet
-from uois_sam_ros.core.sam_backend import build_sam_architecture
+from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet, save_hdnet
+from uois_sam_ros.core.segment.sam_backend import build_sam_architecture
 from uois_sam_ros.core.weights import CheckpointError
 
 torch.set_num_threads(2)

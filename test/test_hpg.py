@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uois_sam_ros.core.config import HPGConfig
-from uois_sam_ros.core.hpg import (
+from uois_sam_ros.core.segment.hpg import (
     HPG,
     HPGCheckpointError,
     HPGNet,

@@ -11,8 +11,8 @@ from scipy.ndimage import binary_dilation
 from scipy.optimize import linear_sum_assignment
 from skimage.morphology import disk as sk_disk
 
-from uois_sam_ros.core import rle
-from uois_sam_ros.core.metrics import KEYS, MetricAccumulator, boundary_radius, image_metrics
+from uois_sam_ros.core.data import rle
+from uois_sam_ros.core.eval.metrics import KEYS, MetricAccumulator, boundary_radius, image_metrics
 
 
 # ---------------------------------------------------------------- the oracle (DESIGN.md section 5, per pair)

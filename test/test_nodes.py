@@ -17,8 +17,8 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from uois_sam_ros.apps.bringup import build_nodes  # noqa: E402
-from uois_sam_ros.core.pipeline import UOISPipeline  # noqa: E402
-from uois_sam_ros.core.synthetic import SceneConfig, generate_scene  # noqa: E402
+from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene  # noqa: E402
+from uois_sam_ros.core.segment.pipeline import UOISPipeline  # noqa: E402
 from uois_sam_ros.msg import InstanceArray  # noqa: E402
 from uois_sam_ros.ros.convert import (  # noqa: E402
     assert_instance_arrays_equal,
@@ -29,8 +29,9 @@ from uois_sam_ros.ros.convert import (  # noqa: E402
     make_header,
     stamp_to_sec,
 )
-from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, describe_graph, params_to_config  # noqa: E402
+from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, describe_graph  # noqa: E402
 from uois_sam_ros.ros.image import numpy_to_image  # noqa: E402
+from uois_sam_ros.ros.params import params_to_config  # noqa: E402
 from uois_sam_ros.ros.qos import LATEST_QOS, SENSOR_QOS  # noqa: E402
 
 W, H = 320, 240

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from uois_sam_ros.core.config import ConfigError, config_from_dict
-from uois_sam_ros.core.hdnet import HDNet
-from uois_sam_ros.core.hpg import HPGNet
-from uois_sam_ros.core.pipeline import UOISPipeline, resolve_method
-from uois_sam_ros.core.postprocess import mask_iou, scale_box_limit
+from uois_sam_ros.core.segment.hdnet import HDNet
+from uois_sam_ros.core.segment.hpg import HPGNet
+from uois_sam_ros.core.segment.pipeline import UOISPipeline, resolve_method
+from uois_sam_ros.core.segment.postprocess import mask_iou, scale_box_limit
 from uois_sam_ros.core.types import Frame
 from uois_sam_ros.core.weights import CheckpointError
 
@@ -27,7 +27,7 @@ def _cfg(method: str, **sections):
 
 @pytest.fixture(scope="module")
 def scene():
-    from uois_sam_ros.core.synthetic import generate_scene
+    from uois_sam_ros.core.data.synthetic import generate_scene
 
     return generate_scene(0).sample()
 
@@ -64,7 +64,7 @@ def test_sam_method_without_checkpoint_names_it():
 def test_hdnet_method_without_hdnet_weights_names_it(hpg_net):
     cfg = _cfg("uois_sam")
     cfg.sam.allow_random_weights = False
-    from uois_sam_ros.core.sam_backend import build_sam_architecture
+    from uois_sam_ros.core.segment.sam_backend import build_sam_architecture
 
     with pytest.raises(CheckpointError, match="set hdnet.checkpoint"):
         UOISPipeline(cfg, sam_model=build_sam_architecture("vit_tiny", 256), hpg_model=hpg_net)
@@ -153,7 +153,7 @@ def test_sam_path_on_a_real_frame(real_rgbd_dir, hpg_net):
 
 
 def test_weights_free_finds_the_rendered_objects():
-    from uois_sam_ros.core.synthetic import generate_scene
+    from uois_sam_ros.core.data.synthetic import generate_scene
 
     p = UOISPipeline(config_from_dict({"pipeline": {"method": "weights_free"}}))
     assert p.method == "weights_free"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uois_sam_ros.core.config import PostprocessConfig
-from uois_sam_ros.core.postprocess import (
+from uois_sam_ros.core.segment.postprocess import (
     box_sizes,
     filter_masks,
     mask_iou,

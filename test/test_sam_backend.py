@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uois_sam_ros.core.config import SamConfig
-from uois_sam_ros.core.sam_backend import SamSegmenter, build_sam_architecture, load_sam
+from uois_sam_ros.core.segment.sam_backend import SamSegmenter, build_sam_architecture, load_sam
 from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import OFFICIAL, CheckpointError, sha256_file, verify_sha256
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from uois_sam_ros.nodes.common import StampSync
+from uois_sam_ros.nodes.inputs import StampSync
 
 
 def msg(sec: int, nsec: int = 0, tag: str = ""):

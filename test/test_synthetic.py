@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from uois_sam_ros.core import rle
-from uois_sam_ros.core.synthetic import SceneConfig, generate_scene, main, write_uoais_dataset
+from uois_sam_ros.core.data import rle
+from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene, main, write_uoais_dataset
 
 SMALL = SceneConfig(width=160, height=120, min_objects=4, max_objects=10)
 
@@ -103,7 +103,7 @@ def test_bad_config_is_reported():
 
 
 def test_uoais_dataset_round_trip_through_the_reader(tmp_path):
-    from uois_sam_ros.core.datasets import open_dataset
+    from uois_sam_ros.core.data.datasets import open_dataset
 
     cfg = SceneConfig(width=160, height=120, min_objects=3, max_objects=6)
     ann = write_uoais_dataset(tmp_path, 2, seed=11, cfg=cfg)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from uois_sam_ros.core.config import HPGConfig, SamConfig
-from uois_sam_ros.core.hpg import HPG, HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
-from uois_sam_ros.core.synthetic import SceneConfig, generate_scene
+from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
+from uois_sam_ros.core.segment.hpg import HPG, HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
 from uois_sam_ros.training import hdnet as thd
 from uois_sam_ros.training import hpg as thpg
 from uois_sam_ros.training.common import synthetic_arrays
@@ -133,7 +133,7 @@ def test_hdnet_prompt_sampling_and_iou_targets():
 
 @pytest.fixture(scope="module")
 def tiny_sam():
-    from uois_sam_ros.core.sam_backend import SamSegmenter
+    from uois_sam_ros.core.segment.sam_backend import SamSegmenter
 
     torch.manual_seed(0)
     return SamSegmenter(SamConfig(model_type="vit_tiny", allow_random_weights=True, image_size=128))
@@ -208,8 +208,8 @@ def test_train_hpg_cli_reads_uoais_layout_with_separate_annotations(tmp_path):
     import json
     import shutil
 
-    from uois_sam_ros.core.hpg import load_hpg_checkpoint
-    from uois_sam_ros.core.synthetic import SceneConfig, write_uoais_dataset
+    from uois_sam_ros.core.data.synthetic import SceneConfig, write_uoais_dataset
+    from uois_sam_ros.core.segment.hpg import load_hpg_checkpoint
 
     root = tmp_path / "UOAIS-Sim"
     ann = write_uoais_dataset(root, 6, seed=3, cfg=SceneConfig(width=128, height=96, max_objects=4))

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from uois_sam_ros.core.config import HPGConfig
-from uois_sam_ros.core.hpg import HPG, HPGCheckpointError, HPGNet, load_hpg_checkpoint, save_hpg_checkpoint
+from uois_sam_ros.core.segment.hpg import (
+    HPG,
+    HPGCheckpointError,
+    HPGNet,
+    load_hpg_checkpoint,
+    save_hpg_checkpoint,
+)
 from uois_sam_ros.core.types import Frame
 from uois_sam_ros.training import hpg as thpg
 from uois_sam_ros.training.common import synthetic_arrays

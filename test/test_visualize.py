@@ -6,14 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from uois_sam_ros.core.types import Prompts
-from uois_sam_ros.core.visualize import (
+from uois_sam_ros.core.eval.visualize import (
     colorize_labels,
     depth_to_rgb,
     heatmap_to_rgb,
     overlay_instances,
     save_png,
 )
+from uois_sam_ros.core.types import Prompts
 
 
 def test_colours_distinct_deterministic_and_zero_black():

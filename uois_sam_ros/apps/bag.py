@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from uois_sam_ros.apps.bag_player import FrameResult
 from uois_sam_ros.core.config import ConfigError, dotted_overrides
 from uois_sam_ros.core.types import Intrinsics, Sample
 from uois_sam_ros.ros.bag import (
@@ -34,7 +35,6 @@ from uois_sam_ros.ros.bag import (
     BagError,
     BagFrame,
     BagTopics,
-    FrameResult,
     bag_info,
     read_frames,
     write_samples,
@@ -59,7 +59,7 @@ def _tqdm(desc: str, unit: str = "frame", quiet: bool = False) -> Callable[[Iter
 
 def synthetic_samples(num: int, seed: int = 0, width: int = 640, height: int = 480) -> Iterator[Sample]:
     """Scenes seed, seed + 1, ... of the synthetic generator (the same scenes uois-sam-synth writes)."""
-    from uois_sam_ros.core.synthetic import SceneConfig, generate_scene
+    from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
     if num < 1:
         raise BagError(f"--num must be at least 1, got {num}")
     cfg = SceneConfig(width=width, height=height)
@@ -78,7 +78,7 @@ def dataset_samples(kind: str, root: str | None, annotations: str | None = None,
     if not Path(root).exists():
         raise BagError(f"dataset folder not found: {root}")
     try:
-        from uois_sam_ros.core.datasets import open_dataset
+        from uois_sam_ros.core.data.datasets import open_dataset
     except ImportError as e:
         raise BagError(f"dataset readers are not available ({e})") from None
     return open_dataset(kind, root, annotations, intrinsics=intrinsics, sample_every=sample_every, limit=limit)
@@ -158,7 +158,7 @@ def latency_stats(values_s: Sequence[float]) -> dict[str, float]:
 
 def score(frames: Sequence[BagFrame], results: Sequence[FrameResult], title: str, mode: str) -> EvalResult:
     """Metrics over answered frames (the same accumulator uois-sam-eval uses) plus latency."""
-    from uois_sam_ros.core.metrics import MetricAccumulator
+    from uois_sam_ros.core.eval.metrics import MetricAccumulator
     from uois_sam_ros.ros.convert import msg_to_instances
     acc = MetricAccumulator()
     rows, lat = [], []
@@ -198,7 +198,8 @@ GRAPH_ARGS = ("params_file", "single_node", "sam_checkpoint", "sam_model_type", 
 def graph_specs(graph_args: dict[str, str] | None = None, overrides: dict[str, object] | None = None) -> list:
     """The bringup's node descriptions without the camera; overrides are flat 'section.key' values
     applied to every node that declares them (like '/**' in the parameter file)."""
-    from uois_sam_ros.ros.graph import GraphError, NodeSpec, describe_graph, param_specs
+    from uois_sam_ros.ros.graph import GraphError, NodeSpec, describe_graph
+    from uois_sam_ros.ros.params import param_specs
 
     args = {k: v for k, v in (graph_args or {}).items() if v not in (None, "")}
     bad = sorted(set(args) - set(GRAPH_ARGS))
@@ -224,8 +225,8 @@ def start_bringup(graph_args: dict[str, str] | None = None, overrides: dict[str,
     from rclpy.executors import MultiThreadedExecutor
 
     from uois_sam_ros.apps.bringup import build_nodes
-    from uois_sam_ros.core.pipeline import resolve_method
-    from uois_sam_ros.ros.graph import params_to_config
+    from uois_sam_ros.core.segment.pipeline import resolve_method
+    from uois_sam_ros.ros.params import params_to_config
 
     specs = graph_specs(graph_args, overrides)
     seg = next(s for s in specs if s.name == "segmentation")
@@ -262,7 +263,7 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from uois_sam_ros.ros.bag import BagPlayer
+    from uois_sam_ros.apps.bag_player import BagPlayer
 
     frames = read_frames(bag, topics)
     if not lockstep and not (rate > 0 and math.isfinite(rate)):
@@ -357,7 +358,7 @@ def record(out: str | Path, topics: Sequence[str], *, storage: str = "mcap", dur
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from uois_sam_ros.ros.bag import BagRecorder
+    from uois_sam_ros.apps.bag_player import BagRecorder
 
     own_init = not rclpy.ok()
     if own_init:

@@ -20,11 +20,12 @@ from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import Image
 
 from uois_sam_ros.apps.bringup import build_nodes, stop_graph
-from uois_sam_ros.core.pipeline import resolve_method
+from uois_sam_ros.core.segment.pipeline import resolve_method
 from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.ros.convert import stamp_to_sec
-from uois_sam_ros.ros.graph import GraphError, describe_graph, params_to_config, parse_source
+from uois_sam_ros.ros.graph import GraphError, describe_graph, parse_source
 from uois_sam_ros.ros.image import image_to_numpy
+from uois_sam_ros.ros.params import params_to_config
 from uois_sam_ros.ros.qos import LATEST_QOS
 
 T = TypeVar("T")
@@ -54,8 +55,8 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from uois_sam_ros.core.metrics import MetricAccumulator
-    from uois_sam_ros.core.visualize import save_png
+    from uois_sam_ros.core.eval.metrics import MetricAccumulator
+    from uois_sam_ros.core.eval.visualize import save_png
 
     rclpy.init()
     nodes = []

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from uois_sam_ros.core.config import ConfigError, dotted_overrides, load_config
-from uois_sam_ros.core.datasets import KINDS, DatasetError, open_dataset, read_camera_json
-from uois_sam_ros.core.metrics import MetricAccumulator, resize_nearest
+from uois_sam_ros.core.data.datasets import KINDS, DatasetError, open_dataset, read_camera_json
+from uois_sam_ros.core.eval.metrics import MetricAccumulator, resize_nearest
 from uois_sam_ros.core.types import FrameError, Intrinsics
 
 METHOD_CHOICES = ("auto", "uois_sam", "grid", "grid_fg", "heatmap", "heatmap_hdnet", "weights_free")
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
         overrides = dotted_overrides(args.set)
         overrides.setdefault("pipeline", {})["method"] = args.method
         cfg = load_config(args.config, overrides)
-        from uois_sam_ros.core.pipeline import UOISPipeline, resolve_method
+        from uois_sam_ros.core.segment.pipeline import UOISPipeline, resolve_method
 
         method = resolve_method(cfg)
         title += f" {method}"
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
             save_dir.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(save_dir / f"{s.name}.png"), pred.astype(np.uint16))
         if ov_dir is not None:
-            from uois_sam_ros.core.visualize import overlay_instances, save_png
+            from uois_sam_ros.core.eval.visualize import overlay_instances, save_png
 
             vis = resize_nearest(pred, *s.rgb.shape[:2])
             save_png(ov_dir / f"{s.name}.png", overlay_instances(s.rgb, vis))

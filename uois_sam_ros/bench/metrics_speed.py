@@ -14,7 +14,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 from scipy.optimize import linear_sum_assignment
 
-from uois_sam_ros.core.metrics import KEYS, disk, image_metrics
+from uois_sam_ros.core.eval.metrics import KEYS, disk, image_metrics
 
 
 def _seg2bmap(seg: np.ndarray) -> np.ndarray:

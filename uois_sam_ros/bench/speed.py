@@ -17,17 +17,17 @@ import torch
 from tqdm import tqdm
 
 from uois_sam_ros.core.config import config_from_dict
-from uois_sam_ros.core.hdnet import HDNet
-from uois_sam_ros.core.hpg import HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
-from uois_sam_ros.core.pipeline import UOISPipeline
-from uois_sam_ros.core.prompting import grid_prompts
+from uois_sam_ros.core.segment.hdnet import HDNet
+from uois_sam_ros.core.segment.hpg import HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
+from uois_sam_ros.core.segment.pipeline import UOISPipeline
+from uois_sam_ros.core.segment.prompting import grid_prompts
 from uois_sam_ros.core.types import Prompts
 
 STAGES = ("prompts", "embedding", "decode", "postprocess", "total")
 
 
 def _frame():
-    from uois_sam_ros.core.synthetic import generate_scene
+    from uois_sam_ros.core.data.synthetic import generate_scene
 
     return generate_scene(0).frame()
 

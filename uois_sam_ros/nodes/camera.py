@@ -17,7 +17,7 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from uois_sam_ros.core.sources import EndOfSource, FrameSource, SourceError, open_source
+from uois_sam_ros.core.data.sources import EndOfSource, FrameSource, SourceError, open_source
 from uois_sam_ros.core.types import Sample
 from uois_sam_ros.nodes.common import NodeParams, spin_node
 from uois_sam_ros.ros.convert import intrinsics_to_camera_info, make_header

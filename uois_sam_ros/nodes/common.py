@@ -1,4 +1,4 @@
-"""What every node shares: the latest-frame worker, stamp sync, and declared/validated parameters.
+"""What every node shares: the latest-frame worker, declared/validated parameters, error log, main.
 
 Inference never runs in a subscription callback: callbacks drop the newest input into a
 one-item slot and a worker thread takes it, so a slow model skips frames instead of queueing
@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -20,7 +19,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from uois_sam_ros.ros.graph import ParamSpec, param_specs
+from uois_sam_ros.ros.params import ParamSpec, param_specs
 
 T = TypeVar("T")
 
@@ -93,54 +92,8 @@ class LatestWorker(Generic[T]):
             self._thread.join(timeout)
 
 
-class StampSync:
-    """Match messages from several topics by exact header stamp (message_filters is not installable).
-
-    Each topic keeps at most `depth` messages by stamp; when every topic holds a stamp, that
-    set is returned and everything at or before it is dropped (never delivered late).
-    """
-
-    def __init__(self, topics: list[str], depth: int = 10) -> None:
-        self.topics = list(topics)
-        self.depth = max(1, int(depth))
-        self.buffers: dict[str, OrderedDict[tuple[int, int], Any]] = {t: OrderedDict() for t in self.topics}
-        self._lock = threading.Lock()
-        self.last: tuple[int, int] = (-1, -1)
-
-    JUMP_BACK_NS = 2_000_000_000  # a stamp this far behind the last delivered one means a restart
-
-    def reset(self) -> None:
-        for b in self.buffers.values():
-            b.clear()
-        self.last = (-1, -1)
-
-    def add(self, topic: str, msg: Any) -> dict[str, Any] | None:
-        key = (int(msg.header.stamp.sec), int(msg.header.stamp.nanosec))
-        with self._lock:
-            if key <= self.last:
-                back_ns = (self.last[0] - key[0]) * 1_000_000_000 + (self.last[1] - key[1])
-                if back_ns < self.JUMP_BACK_NS:
-                    return None  # older than what was already delivered
-                # Time jumped backwards (a bag restarted or looped, a sim clock reset):
-                # start over instead of ignoring every frame from now on.
-                self.reset()
-            buf = self.buffers[topic]
-            buf[key] = msg
-            while len(buf) > self.depth:
-                buf.popitem(last=False)
-            if all(key in self.buffers[t] for t in self.topics):
-                out = {t: self.buffers[t][key] for t in self.topics}
-                self.last = key
-                for t in self.topics:
-                    b = self.buffers[t]
-                    for k in [k for k in b if k <= key]:
-                        del b[k]
-                return out
-        return None
-
-
 class NodeParams:
-    """Declares a node's parameters from ros/graph.py's schema, with descriptions and validation.
+    """Declares a node's parameters from ros/params.py's schema, with descriptions and validation.
 
     Run-time changes are checked against the schema (type, range, choices; read-only ones are
     refused by rclpy); on_change(names) runs after an accepted change.

@@ -18,11 +18,10 @@ from sensor_msgs.msg import Image
 from uois_sam_ros.core.types import FrameError
 from uois_sam_ros.msg import Prompts as PromptsMsg
 from uois_sam_ros.nodes.common import ErrorLog, LatestWorker, NodeParams, spin_node
-from uois_sam_ros.nodes.segmentation import (
+from uois_sam_ros.nodes.inputs import (
     PROMPTS_TOPIC,
     FrameInputs,
     build_pipeline,
-    pipeline_prompts,
     prepare_frame,
 )
 from uois_sam_ros.ros.convert import copy_header, prompts_to_msg
@@ -37,7 +36,7 @@ class HPGNode(Node):
         self._config_changed = False
         self.params = NodeParams(self, "hpg", on_change=self._params_changed)
         self.errors = ErrorLog(self)
-        self.pipeline = build_pipeline(self, self.params.values())
+        self.pipeline = build_pipeline(self, self.params.values(), part="prompts")
         self.pub_prompts = self.create_publisher(PromptsMsg, PROMPTS_TOPIC, LATEST_QOS)
         self.pub_fg = self.create_publisher(Image, "hpg/foreground", LATEST_QOS)
         self.pub_heat = self.create_publisher(Image, "hpg/heatmap", LATEST_QOS)
@@ -59,7 +58,7 @@ class HPGNode(Node):
         if frame is None:
             return
         try:
-            prompts = pipeline_prompts(self.pipeline, frame)
+            prompts = self.pipeline.prompts(frame)
         except FrameError as e:
             self.errors(f"bad input frame at t={frame.stamp:.3f}: {e}")
             return
@@ -72,7 +71,7 @@ class HPGNode(Node):
         maps = self.pipeline.debug_maps(frame.height, frame.width)
         if maps is None:
             return  # the geometric prompt source has no learned maps
-        from uois_sam_ros.core.visualize import heatmap_to_rgb
+        from uois_sam_ros.core.eval.visualize import heatmap_to_rgb
 
         fg8 = np.clip(np.round(maps[0] * 255.0), 0, 255).astype(np.uint8)
         self.pub_fg.publish(numpy_to_image(fg8, "mono8", copy_header(color.header)))

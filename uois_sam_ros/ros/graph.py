@@ -2,28 +2,22 @@
 
 launch/tabletop.launch.py (for users with ROS 2 installed) and the in-process bringup
 (apps/bringup.py, pip-only installs and the tests) both call ``describe_graph``, so the two
-cannot drift. The parameter schemas of every node live here too: the nodes declare exactly
-these parameters, and a YAML key that no node declares is reported instead of ignored.
+cannot drift. Parameter files are checked against the nodes' schemas (ros/params.py): a YAML
+key that no node declares is reported instead of ignored.
 
 Pure Python: no rclpy, no launch import.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-import types
-import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from uois_sam_ros.core.config import Config, field_docs
-from uois_sam_ros.core.sources import SOURCE_KINDS
+from uois_sam_ros.core.data.sources import SOURCE_KINDS
+from uois_sam_ros.ros.params import GraphError, param_specs
 
 PACKAGE = "uois_sam_ros"
 
@@ -47,194 +41,17 @@ INFO_TOPIC = "camera/color/camera_info"
 CAMERA_TOPICS = (COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC)
 
 
-class GraphError(ValueError):
-    """A parameter file or launch argument that does not fit the graph; the message names it."""
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One ROS parameter: name, type (bool|int|double|string), default, meaning, rules."""
-
-    name: str
-    type: str
-    default: Any
-    description: str
-    read_only: bool = False
-    choices: tuple = ()
-    min: float | None = None
-    max: float | None = None
-
-    @property
-    def full_description(self) -> str:
-        """What `ros2 param describe` and the README say: the meaning plus the allowed values."""
-        desc = self.description
-        if self.choices:
-            desc += f" (one of {', '.join(map(str, self.choices))})"
-        return desc
-
-    def coerce(self, value: Any, where: str) -> Any:
-        """The value as this parameter's ROS type; raises GraphError naming where it came from."""
-        t = self.type
-        if t == "bool" and isinstance(value, bool):
-            out: Any = value
-        elif t == "int" and isinstance(value, int) and not isinstance(value, bool):
-            out = value
-        elif t == "double" and isinstance(value, int | float) and not isinstance(value, bool):
-            out = float(value)
-        elif t == "string" and (isinstance(value, str) or value is None):
-            out = "" if value is None else value
-        else:
-            raise GraphError(f"{where}: parameter {self.name!r} expects a {t}, got {value!r}")
-        problem = self.check(out)
-        if problem:
-            raise GraphError(f"{where}: {problem}")
-        return out
-
-    def check(self, value: Any) -> str | None:
-        """Why value is not allowed, or None (also used by the nodes' set-parameter callback)."""
-        if self.choices and value not in self.choices:
-            return f"parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}"
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"parameter {self.name!r} must be finite, got {value!r}"
-            if self.min is not None and value < self.min:
-                return f"parameter {self.name!r} must be >= {self.min}, got {value!r}"
-            if self.max is not None and value > self.max:
-                return f"parameter {self.name!r} must be <= {self.max}, got {value!r}"
-        return None
-
-
-CAMERA_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("source", "string", "synthetic", "where frames come from", True, choices=SOURCE_KINDS),
-    ParamSpec("rate", "double", 5.0, "publish rate, Hz (changeable at run time)", min=0.01, max=1000.0),
-    ParamSpec("frame_id", "string", "camera_color_optical_frame", "frame_id of all published headers"),
-    ParamSpec("width", "int", 0, "image width (0 = the source's own; RealSense 640)", True, min=0),
-    ParamSpec("height", "int", 0, "image height (0 = the source's own; RealSense 480)", True, min=0),
-    ParamSpec("seed", "int", 0, "synthetic: seed of the first scene (scene i uses seed + i)", True),
-    ParamSpec("count", "int", 0, "synthetic: number of scenes, then stop (0 = endless)", True, min=0),
-    ParamSpec("folder", "string", "", "folder: directory of NNNN-color.png + NNNN-depth.png and camera.json",
-              True),
-    ParamSpec("loop", "bool", True, "folder/dataset: start again after the last frame", True),
-    ParamSpec("dataset_kind", "string", "", "dataset: reader name (ocid, osd, ...)", True),
-    ParamSpec("dataset_root", "string", "", "dataset: root directory", True),
-    ParamSpec("dataset_annotations", "string", "", "dataset: annotation file (COCO-style sets)", True),
-    ParamSpec("serial", "string", "", "realsense: device serial number ('' = first device found)", True),
-    ParamSpec("fps", "int", 30, "realsense: stream rate, frames per second", True, choices=(6, 15, 30, 60, 90)),
-    ParamSpec("spatial_filter", "bool", False, "realsense: edge-preserving spatial depth filter", True),
-    ParamSpec("temporal_filter", "bool", False, "realsense: temporal depth filter", True),
-    ParamSpec("hole_filling_filter", "bool", False, "realsense: fill depth holes from neighbours", True),
-)
-
-_NODE_COMMON: tuple[ParamSpec, ...] = (
-    ParamSpec("depth_scale", "double", 0.001, "metres per unit of 16UC1 depth images (RealSense: 0.001)",
-              min=1e-6, max=10.0),
-)
-
-HPG_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
-    ParamSpec("publish_debug", "bool", True, "publish hpg/foreground and hpg/heatmap debug images"),
-)
-
-SEGMENTATION_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
-    ParamSpec("single_node", "bool", False,
-              "run the prompt source inside this node (no prompts topic, one hop less)", True),
-    ParamSpec("publish_overlay", "bool", True, "publish instances/overlay (rgb8)"),
-    ParamSpec("frame_buffer", "int", 10, "split mode: frames kept waiting for their prompts", min=1, max=100),
-)
-
-# Core config fields that load models: changing them at run time would silently reload
-# weights, so they are fixed at start-up.
-_READ_ONLY_CONFIG = {"sam.model_type", "sam.checkpoint", "sam.device", "hpg.backbone", "hpg.checkpoint",
-                     "hpg.backbone_checkpoint", "hpg.device", "hdnet.checkpoint", "pipeline.method",
-                     "pipeline.weights_free_prompts"}
-_CONFIG_CHOICES = {"sam.model_type": ("vit_h", "vit_l", "vit_b", "vit_t"),
-                   "pipeline.weights_free_prompts": ("geometric", "hpg")}
-
-
-def _ros_type(tp: Any) -> tuple[str, bool] | None:
-    """(ROS type, nullable) for a config field type; None when ROS parameters cannot hold it."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and args[0] is str:
-            return "string", True
-        return None
-    return {bool: ("bool", False), int: ("int", False), float: ("double", False),
-            str: ("string", False)}.get(tp)
-
-
-@functools.cache
-def config_param_specs() -> tuple[ParamSpec, ...]:
-    """One ROS parameter per scalar leaf of the core Config tree ('sam.checkpoint', 'hpg.top_k', ...).
-
-    Optional string fields (checkpoints) use '' for None. Cached: the descriptions are read from
-    config.py's source (about 10 ms), and the Config tree never changes at run time.
-    """
-    out = []
-    root = Config()
-    for sec in dataclasses.fields(Config):
-        sub = getattr(root, sec.name)
-        if not dataclasses.is_dataclass(sub):
-            continue
-        hints = typing.get_type_hints(type(sub))
-        docs = field_docs(type(sub))
-        for f in dataclasses.fields(sub):
-            rt = _ros_type(hints[f.name])
-            if rt is None:
-                continue
-            name = f"{sec.name}.{f.name}"
-            default = getattr(sub, f.name)
-            if default is None:
-                default = ""
-            doc = docs.get(f.name) or (type(sub).__doc__ or "").strip().splitlines()[0]
-            desc = doc + ("; '' = none" if rt[1] else "")
-            out.append(ParamSpec(name, rt[0], default, desc, name in _READ_ONLY_CONFIG,
-                                 choices=_CONFIG_CHOICES.get(name, ())))
-    return tuple(out)
-
-
-def params_to_config(values: dict[str, Any]) -> Config:
-    """Core Config from flat 'section.key' parameter values ('' -> None for optional strings)."""
-    from uois_sam_ros.core.config import config_from_dict
-
-    tree: dict[str, dict] = {}
-    nullable = {s.name for s in config_param_specs() if s.type == "string"}
-    for k, v in values.items():
-        if "." not in k:
-            continue
-        sec, key = k.split(".", 1)
-        if k in nullable and v == "":
-            opt = _ros_type(typing.get_type_hints(type(getattr(Config(), sec)))[key])
-            v = None if opt and opt[1] else v
-        tree.setdefault(sec, {})[key] = v
-    return config_from_dict(tree)
-
-
 @dataclass(frozen=True)
 class NodeKind:
     executable: str  # script in lib/uois_sam_ros (launch) and the uois-sam-<name> console script
     module: str  # "module:Class" that the in-process bringup instantiates
-    params: tuple[ParamSpec, ...]
 
 
 NODE_KINDS: dict[str, NodeKind] = {
-    "camera": NodeKind("camera", "uois_sam_ros.nodes.camera:CameraNode", CAMERA_PARAMS),
-    "hpg": NodeKind("hpg", "uois_sam_ros.nodes.hpg:HPGNode", HPG_PARAMS + config_param_specs()),
-    "segmentation": NodeKind("segmentation", "uois_sam_ros.nodes.segmentation:SegmentationNode",
-                             SEGMENTATION_PARAMS + config_param_specs()),
+    "camera": NodeKind("camera", "uois_sam_ros.nodes.camera:CameraNode"),
+    "hpg": NodeKind("hpg", "uois_sam_ros.nodes.hpg:HPGNode"),
+    "segmentation": NodeKind("segmentation", "uois_sam_ros.nodes.segmentation:SegmentationNode"),
 }
-
-
-def param_specs(kind: str) -> dict[str, ParamSpec]:
-    return {p.name: p for p in NODE_KINDS[kind].params}
-
-
-def param_table(specs: Iterable[ParamSpec]) -> str:
-    """The README's markdown table of parameters; a test keeps the README equal to it."""
-    rows = ["| name | type | default | meaning |", "|---|---|---|---|"]
-    for p in specs:
-        meaning = p.full_description.replace("|", "\\|") + (" Read-only." if p.read_only else "")
-        rows.append(f"| `{p.name}` | {p.type} | `{p.default!r}` | {meaning} |")
-    return "\n".join(rows)
 
 
 @dataclass(frozen=True)

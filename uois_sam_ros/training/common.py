@@ -88,7 +88,7 @@ def samples_to_arrays(samples, size_hw: tuple[int, int], total: int | None = Non
 def synthetic_arrays(num: int, seed: int, size_hw: tuple[int, int], cache: str | Path | None = None,
                      desc: str = "synthetic scenes") -> ArraySet:
     """num generator scenes rendered directly at size_hw (cached to an .npz when cache is given)."""
-    from uois_sam_ros.core.synthetic import SceneConfig, generate_scene
+    from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
 
     if cache is not None and Path(cache).is_file():
         a = ArraySet.load(cache)
@@ -111,7 +111,7 @@ def dataset_arrays(path: str | Path, size_hw: tuple[int, int], limit: int | None
     annotations: the COCO json whose file names are relative to path (the real UOAIS-Sim keeps
     it in annotations/); default path/annotations.json. A json given as path uses its folder as root.
     """
-    from uois_sam_ros.core.datasets import DatasetError, open_dataset
+    from uois_sam_ros.core.data.datasets import DatasetError, open_dataset
 
     p = Path(path)
     if not p.exists():

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from uois_sam_ros.core.config import SamConfig
-from uois_sam_ros.core.hdnet import HDNet, load_hdnet, save_hdnet
-from uois_sam_ros.core.sam_backend import SamSegmenter
+from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet, save_hdnet
+from uois_sam_ros.core.segment.sam_backend import SamSegmenter
 from uois_sam_ros.core.types import Frame, Prompts, Sample
 from uois_sam_ros.training.common import (
     Budget,
@@ -224,7 +224,7 @@ def evaluate_hdnet(model: HDNet, seg: SamSegmenter, cache: FeatureCache, data: l
 
 def _samples(a: argparse.Namespace) -> tuple[list[Sample], list[Sample]]:
     if a.data:
-        from uois_sam_ros.core.datasets import DatasetError, open_dataset
+        from uois_sam_ros.core.data.datasets import DatasetError, open_dataset
 
         root = Path(a.data)
         ann = Path(a.annotations) if a.annotations else root / "annotations.json"
@@ -234,7 +234,7 @@ def _samples(a: argparse.Namespace) -> tuple[list[Sample], list[Sample]]:
         except DatasetError as e:
             raise TrainingError(str(e)) from None
     elif a.synthetic > 0:
-        from uois_sam_ros.core.synthetic import SceneConfig, generate_scene
+        from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
 
         cfg = SceneConfig(width=a.width, height=a.height, amodal=False)
         data = [generate_scene(a.synthetic_seed + i, cfg).sample() for i in range(a.synthetic)]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from uois_sam_ros.core.config import HPGConfig
-from uois_sam_ros.core.hpg import (
+from uois_sam_ros.core.segment.hpg import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     HPGNet,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from uois_sam_ros.core.hpg import load_hpg_checkpoint
+from uois_sam_ros.core.segment.hpg import load_hpg_checkpoint
 from uois_sam_ros.training.common import (
     ArraySet,
     CsvLog,

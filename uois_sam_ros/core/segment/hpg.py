@@ -43,7 +43,7 @@ class HPGCheckpointError(ValueError):
 
 def default_hpg_checkpoint() -> Path | None:
     """The small RGB-D checkpoint shipped with the package, when it is present."""
-    p = Path(__file__).resolve().parents[1] / "data" / "hpg_cnn_rgbd.pt"
+    p = Path(__file__).resolve().parents[2] / "data" / "hpg_cnn_rgbd.pt"
     return p if p.is_file() else None
 
 

@@ -26,8 +26,8 @@ from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from uois_sam_ros.core.backend import Decoded
 from uois_sam_ros.core.config import SamConfig
+from uois_sam_ros.core.segment.backend import Decoded
 from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import OFFICIAL, CheckpointError, load_checked, read_state_dict
 

@@ -25,11 +25,11 @@ import torch
 from segment_anything.utils.amg import calculate_stability_score
 
 from uois_sam_ros.core.config import Config, ConfigError
-from uois_sam_ros.core.hdnet import HDNet, load_hdnet
-from uois_sam_ros.core.hpg import HPG, HPGNet, crop_sam_embedding, upsample_map
-from uois_sam_ros.core.postprocess import filter_masks, select_best, size_filter
-from uois_sam_ros.core.prompting import ForegroundGridPromptSource, GridPromptSource
-from uois_sam_ros.core.sam_backend import SamSegmenter, lowres_to_hw
+from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet
+from uois_sam_ros.core.segment.hpg import HPG, HPGNet, crop_sam_embedding, upsample_map
+from uois_sam_ros.core.segment.postprocess import filter_masks, select_best, size_filter
+from uois_sam_ros.core.segment.prompting import ForegroundGridPromptSource, GridPromptSource
+from uois_sam_ros.core.segment.sam_backend import SamSegmenter, lowres_to_hw
 from uois_sam_ros.core.types import Frame, Instances, Prompts
 from uois_sam_ros.core.weights import CheckpointError
 
@@ -49,48 +49,91 @@ def resolve_method(config: Config) -> str:
     return m
 
 
+PARTS = ("full", "prompts", "masks")
+
+
+def model_signature(config: Config) -> tuple:
+    """Everything in a config that decides which weights are loaded; equal signatures can share
+    the loaded models, and the rest of the config (thresholds) can change between frames."""
+    s, h, d, p = config.sam, config.hpg, config.hdnet, config.pipeline
+    return (resolve_method(config), p.weights_free_prompts, s.model_type, s.checkpoint, s.device,
+            s.allow_random_weights, s.image_size, h.backbone, h.checkpoint, h.backbone_checkpoint, h.device,
+            d.enabled, d.checkpoint)
+
+
+def prompts_need_sam(config: Config) -> bool:
+    """True when the method's prompts come from SAM's image embedding (the ``sam`` HPG backbone):
+    then prompts and masks must be computed in one process."""
+    method = resolve_method(config)
+    uses_hpg = method in HPG_METHODS or (method == "weights_free" and config.pipeline.weights_free_prompts == "hpg")
+    return uses_hpg and config.hpg.backbone == "sam"
+
+
 class UOISPipeline:
     """Assembles prompt source + segmenter (+ HDNet) for the configured method.
 
-    Pre-built models may be passed (tests, training loops); otherwise they load from the config.
-    After run(): last_prompts holds the prompts, hpg_maps the HPG (fg_prob, heatmap) at HPG
-    resolution when HPG ran.
+    part selects what is loaded, so a process holds only the models it uses:
+    - "full": prompts and masks (single-node mode, offline evaluation);
+    - "prompts": the prompt source only (the hpg node; never SAM, unless the prompts
+      themselves need SAM's embedding, which ``prompts_need_sam`` tells beforehand);
+    - "masks": the segmenter and HDNet only; prompts are passed to ``run`` (the
+      segmentation node in split mode).
+
+    The API the nodes call: ``prompts(frame)``, ``run(frame, prompts=None)`` and
+    ``reconfigure(config)``. Pre-built models may be passed (tests, training loops); otherwise
+    they load from the config. After run(): last_prompts holds the prompts, hpg_maps the HPG
+    (fg_prob, heatmap) at HPG resolution when HPG ran.
     """
 
     def __init__(self, config: Config, *, sam_model: torch.nn.Module | None = None,
-                 hpg_model: HPGNet | None = None, hdnet_model: HDNet | None = None) -> None:
+                 hpg_model: HPGNet | None = None, hdnet_model: HDNet | None = None, part: str = "full") -> None:
+        if part not in PARTS:
+            raise ConfigError(f"pipeline part must be one of {list(PARTS)}, got {part!r}")
+        if part == "prompts" and prompts_need_sam(config):
+            raise ConfigError("hpg.backbone=sam computes prompts from SAM's image embedding: run HPG inside "
+                              "the segmentation node (single_node: true) instead of a separate hpg node")
+        if part == "masks" and prompts_need_sam(config):
+            part = "full"  # the prompts need the embedding this process computes anyway
         self.config = config
+        self.part = part
         self.method = resolve_method(config)
         self.hpg: HPG | None = None
         self.hdnet: HDNet | None = None
+        self.prompt_source = None
+        self.segmenter = None
         self.last_prompts = Prompts.empty()
         torch.manual_seed(config.pipeline.seed)
         pc = config.pipeline
+        want_prompts, want_masks = part in ("full", "prompts"), part in ("full", "masks")
         if self.method == "weights_free":
-            from uois_sam_ros.core import geometric  # lazy: needs open3d
+            from uois_sam_ros.core.segment import geometric  # lazy: needs open3d
 
-            if pc.weights_free_prompts == "hpg":
-                self.hpg = HPG(config.hpg, hpg_model)
-                self.prompt_source = self.hpg
-                self.segmenter = geometric.GeometricSegmenter(config.geometric)
-            elif pc.weights_free_prompts == "geometric":
-                self.prompt_source = geometric.GeometricPromptSource(config.geometric)
-                # the segmenter reuses the plane fit and regions the prompt source made for the frame
-                self.segmenter = geometric.GeometricSegmenter(config.geometric, source=self.prompt_source)
-            else:
+            if pc.weights_free_prompts not in ("geometric", "hpg"):
                 raise ConfigError(f"pipeline.weights_free_prompts must be 'geometric' or 'hpg', "
                                   f"got {pc.weights_free_prompts!r}")
+            if want_prompts:
+                if pc.weights_free_prompts == "hpg":
+                    self.hpg = HPG(config.hpg, hpg_model)
+                    self.prompt_source = self.hpg
+                else:
+                    self.prompt_source = geometric.GeometricPromptSource(config.geometric)
+            if want_masks:
+                # the segmenter reuses the plane fit and regions the prompt source made for the frame
+                own = self.prompt_source if isinstance(self.prompt_source, geometric.GeometricPromptSource) else None
+                self.segmenter = geometric.GeometricSegmenter(config.geometric, source=own)
             return
-        self.segmenter = SamSegmenter(config.sam, sam_model, decode_batch=pc.decode_batch)
-        if self.method in HPG_METHODS:
-            self.hpg = HPG(config.hpg, hpg_model)
-        if self.method == "grid":
-            self.prompt_source = GridPromptSource(pc.grid_points)
-        elif self.method == "grid_fg":
-            self.prompt_source = ForegroundGridPromptSource(self.hpg, pc.grid_points)
-        else:
-            self.prompt_source = self.hpg
-        if self.method in ("uois_sam", "heatmap_hdnet") and config.hdnet.enabled:
+        if want_masks or prompts_need_sam(config):
+            self.segmenter = SamSegmenter(config.sam, sam_model, decode_batch=pc.decode_batch)
+        if want_prompts:
+            if self.method in HPG_METHODS:
+                self.hpg = HPG(config.hpg, hpg_model)
+            if self.method == "grid":
+                self.prompt_source = GridPromptSource(pc.grid_points)
+            elif self.method == "grid_fg":
+                self.prompt_source = ForegroundGridPromptSource(self.hpg, pc.grid_points)
+            else:
+                self.prompt_source = self.hpg
+        if want_masks and self.method in ("uois_sam", "heatmap_hdnet") and config.hdnet.enabled:
             if hdnet_model is not None:
                 self.hdnet = hdnet_model
             elif config.hdnet.checkpoint:
@@ -102,6 +145,33 @@ class UOISPipeline:
                     f"pipeline.method={self.method} needs HDNet weights: set hdnet.checkpoint, or use "
                     "pipeline.method=heatmap (HPG + SAM's own IoU)")
             self.hdnet = self.hdnet.to(config.sam.device).eval()
+
+    # ------------------------------------------------------------------ reconfiguration
+    def can_reconfigure(self, config: Config) -> bool:
+        """True when config loads the same models as the current one (only thresholds differ)."""
+        return model_signature(config) == model_signature(self.config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a config that differs only in thresholds, keeping every loaded model.
+
+        Raises ConfigError when the new config needs other weights (build a new pipeline then).
+        Not thread-safe against a running ``run``: call it between frames.
+        """
+        if not self.can_reconfigure(config):
+            raise ConfigError("this config changes which models are loaded: build a new UOISPipeline")
+        self.config = config
+        if self.hpg is not None:
+            self.hpg.cfg = config.hpg
+        for part in (self.prompt_source, self.segmenter):
+            if part is None:
+                continue
+            if hasattr(part, "n"):
+                part.n = config.pipeline.grid_points
+            if type(part).__name__.startswith("Geometric"):
+                part.cfg = config.geometric
+        if isinstance(self.segmenter, SamSegmenter):
+            self.segmenter.cfg = config.sam
+            self.segmenter.decode_batch = max(1, int(config.pipeline.decode_batch))
 
     @property
     def uses_hdnet(self) -> bool:
@@ -120,12 +190,36 @@ class UOISPipeline:
             return None
         return upsample_map(maps[0], height, width), upsample_map(maps[1], height, width)
 
-    def run(self, frame: Frame) -> Instances:
-        need_depth = self.method == "weights_free" or (self.hpg is not None and self.hpg.model.uses_depth)
-        frame.validate(need_depth=need_depth, need_intrinsics=self.method == "weights_free")
+    def _needs_depth(self, given_prompts: bool) -> bool:
         if self.method == "weights_free":
-            return self._run_weights_free(frame)
-        return self._run_sam(frame)
+            return True
+        return (not given_prompts) and self.hpg is not None and self.hpg.model.uses_depth
+
+    def prompts(self, frame: Frame) -> Prompts:
+        """The prompts ``run(frame)`` would use (needs a prompt source: part "full" or "prompts")."""
+        if self.prompt_source is None:
+            raise ConfigError("this pipeline was built without a prompt source (part='masks'): pass prompts to run()")
+        frame.validate(need_depth=self._needs_depth(False), need_intrinsics=self.method == "weights_free")
+        if self.hpg is not None and self.hpg.needs_sam_embedding:
+            self.segmenter.set_frame(frame)
+            self.hpg.sam_embedding = crop_sam_embedding(self.segmenter.embedding, (frame.height, frame.width),
+                                                        self.segmenter.encoder_size)
+        prompts = self.prompt_source.prompts(frame)
+        self.last_prompts = prompts
+        return prompts
+
+    def run(self, frame: Frame, prompts: Prompts | None = None) -> Instances:
+        """Instances of one frame; with prompts given, they replace the prompt source's (split mode),
+        and the same selection, NMS and filters follow."""
+        if self.segmenter is None:
+            raise ConfigError("this pipeline was built without a segmenter (part='prompts'): use prompts()")
+        if prompts is None and self.prompt_source is None:
+            raise ConfigError("this pipeline has no prompt source (part='masks'): pass the frame's prompts")
+        frame.validate(need_depth=self._needs_depth(prompts is not None),
+                       need_intrinsics=self.method == "weights_free")
+        if self.method == "weights_free":
+            return self._run_weights_free(frame, prompts)
+        return self._run_sam(frame, prompts)
 
     def _empty(self, frame: Frame, timings: dict[str, float], t0: float) -> Instances:
         out = Instances.empty(frame.height, frame.width, stamp=frame.stamp)
@@ -134,9 +228,9 @@ class UOISPipeline:
         timings.setdefault("postprocess", 0.0)
         return self._finish(out, timings, t0)
 
-    def _prompts(self, frame: Frame, timings: dict[str, float]) -> Prompts:
+    def _prompts(self, frame: Frame, timings: dict[str, float], given: Prompts | None) -> Prompts:
         t = time.perf_counter()
-        prompts = self.prompt_source.prompts(frame)
+        prompts = self.prompt_source.prompts(frame) if given is None else given
         timings["prompts"] = time.perf_counter() - t
         self.last_prompts = prompts
         return prompts
@@ -147,20 +241,20 @@ class UOISPipeline:
         out.timings = timings
         return out
 
-    def _run_sam(self, frame: Frame) -> Instances:
+    def _run_sam(self, frame: Frame, given: Prompts | None = None) -> Instances:
         cfg = self.config
         H, W = frame.height, frame.width
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         embedded = False
-        if self.hpg is not None and self.hpg.needs_sam_embedding:
+        if given is None and self.hpg is not None and self.hpg.needs_sam_embedding:
             t = time.perf_counter()
             self.segmenter.set_frame(frame)
             timings["embedding"] = time.perf_counter() - t
             self.hpg.sam_embedding = crop_sam_embedding(self.segmenter.embedding, (H, W),
                                                         self.segmenter.encoder_size)
             embedded = True
-        prompts = self._prompts(frame, timings)
+        prompts = self._prompts(frame, timings, given)
         if len(prompts) == 0:
             return self._empty(frame, timings, t0)
         if not embedded:
@@ -214,12 +308,12 @@ class UOISPipeline:
         timings["postprocess"] = time.perf_counter() - t
         return self._finish(out, timings, t0)
 
-    def _run_weights_free(self, frame: Frame) -> Instances:
+    def _run_weights_free(self, frame: Frame, given: Prompts | None = None) -> Instances:
         cfg = self.config
         H, W = frame.height, frame.width
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        prompts = self._prompts(frame, timings)
+        prompts = self._prompts(frame, timings, given)
         if len(prompts) == 0:
             return self._empty(frame, timings, t0)
         t = time.perf_counter()

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import open3d as o3d
 
-from uois_sam_ros.core import rle
+from uois_sam_ros.core.data import rle
 from uois_sam_ros.core.types import Frame, Intrinsics, Sample
 
 SHAPES = ("box", "cylinder", "sphere", "bowl", "mug", "blob", "hull")

@@ -20,8 +20,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from uois_sam_ros.core.backend import Decoded
 from uois_sam_ros.core.config import GeometricConfig
+from uois_sam_ros.core.segment.backend import Decoded
 from uois_sam_ros.core.types import Frame, FrameError, Prompts
 
 _REF_PIXELS = 640 * 480

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from uois_sam_ros.core import rle
+from uois_sam_ros.core.data import rle
 from uois_sam_ros.core.types import Intrinsics, Sample
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -1,0 +1,1 @@
+"""Data: dataset readers, RLE, synthetic scenes, camera frame sources."""

@@ -1,0 +1,1 @@
+"""Segmentation models and the frame-to-instances pipeline (SAM, HPG, HDNet, geometric)."""
