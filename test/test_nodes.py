@@ -265,13 +265,14 @@ def test_runtime_parameter_validation():
 
         seg = g.nodes["segmentation"]
         ok = seg.set_parameters([Parameter("postprocess.nms_iou", value=0.5)])[0]
-        assert ok.successful and seg._config_changed
+        assert ok.successful and seg.holder.loads == 1
         bad = seg.set_parameters([Parameter("frame_buffer", value=0)])[0]
         assert not bad.successful and "frame_buffer" in bad.reason
-        ro = seg.set_parameters([Parameter("sam.checkpoint", value="/x.pth")])[0]
+        ro = seg.set_parameters([Parameter("sam.allow_random_weights", value=True)])[0]
         assert not ro.successful
+        assert seg.describe_parameter("sam.allow_random_weights").read_only
         desc = seg.describe_parameter("sam.checkpoint")
-        assert desc.read_only and desc.description.startswith("path to the official .pth/.pt")
+        assert not desc.read_only and desc.description.startswith("path to the official .pth/.pt")
         assert "the most prompts per frame" in seg.describe_parameter("hpg.top_k").description
     finally:
         g.close()

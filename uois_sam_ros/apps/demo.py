@@ -19,7 +19,7 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import Image
 
-from uois_sam_ros.apps.bringup import build_nodes, stop_graph
+from uois_sam_ros.apps.bringup import GraphStartError, build_nodes, stop_graph
 from uois_sam_ros.core.segment.pipeline import resolve_method
 from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.ros.convert import stamp_to_sec
@@ -69,6 +69,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         try:
             nodes = build_nodes(specs)
+        except GraphStartError as e:  # a model that does not load: one line, status 2
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except (RuntimeError, ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -15,7 +15,11 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """Pinhole intrinsics of the colour camera (depth is registered to colour)."""
+    """Pinhole intrinsics of the colour camera (depth is registered to colour).
+
+    distortion_model / distortion follow sensor_msgs/CameraInfo ("plumb_bob": k1 k2 p1 p2 k3,
+    "equidistant": k1..k4). An empty (or all-zero) distortion means none; it is stored as ().
+    """
 
     fx: float
     fy: float
@@ -23,6 +27,13 @@ class Intrinsics:
     cy: float
     width: int
     height: int
+    distortion_model: str = "plumb_bob"
+    distortion: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        d = tuple(float(c) for c in (self.distortion or ()))
+        object.__setattr__(self, "distortion", d if any(c != 0.0 for c in d) else ())
+        object.__setattr__(self, "distortion_model", str(self.distortion_model or "plumb_bob"))
 
     @property
     def K(self) -> np.ndarray:
@@ -31,18 +42,25 @@ class Intrinsics:
     def scaled(self, width: int, height: int) -> Intrinsics:
         """Intrinsics for the same camera resized to (width, height)."""
         sx, sy = width / self.width, height / self.height
-        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
+        # distortion coefficients act on normalised coordinates, so a resize keeps them
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height),
+                          self.distortion_model, self.distortion)
 
     @classmethod
     def from_dict(cls, d: dict) -> Intrinsics:
-        """Accepts {fx, fy, cx, cy, width, height} or a 3x3 'K' / 'intrinsics' matrix."""
+        """Accepts {fx, fy, cx, cy, width, height} or a 3x3 'K' / 'intrinsics' matrix.
+
+        Optional: 'distortion_model' and 'distortion' (or 'D'), a list of coefficients.
+        """
         try:
+            dist = {"distortion_model": str(d.get("distortion_model") or "plumb_bob"),
+                    "distortion": tuple(float(c) for c in (d.get("distortion", d.get("D")) or ()))}
             if "K" in d or "intrinsics" in d:
                 K = np.asarray(d.get("K", d.get("intrinsics")), dtype=float).reshape(3, 3)
                 return cls(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]),
-                           int(d["width"]), int(d["height"]))
+                           int(d["width"]), int(d["height"]), **dist)
             return cls(float(d["fx"]), float(d["fy"]), float(d["cx"]), float(d["cy"]),
-                       int(d["width"]), int(d["height"]))
+                       int(d["width"]), int(d["height"]), **dist)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"intrinsics need fx, fy, cx, cy, width, height (or K, width, height); got {d!r}: {e}") from e
 
@@ -219,6 +237,9 @@ class Sample:
     amodal: np.ndarray | None = None
     amodal_ids: np.ndarray | None = None
     stamp: float = 0.0
+    # When the image was captured, ns on the host wall clock (ROS time without sim time); None when
+    # the source cannot tell (the camera node then stamps with the publish time).
+    capture_time_ns: int | None = None
 
     def frame(self) -> Frame:
         return Frame(rgb=self.rgb, depth=self.depth, intrinsics=self.intrinsics, stamp=self.stamp)

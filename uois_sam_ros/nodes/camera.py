@@ -1,7 +1,10 @@
 """camera node: RealSense / folder / dataset / synthetic frames on realsense2_camera topic names.
 
 Publishes camera/color/image_raw (rgb8), camera/aligned_depth_to_color/image_raw (16UC1, mm)
-and camera/color/camera_info at `rate` Hz, all three with the same real (node clock) stamp.
+and camera/color/camera_info at `rate` Hz, all three with the same stamp: the capture time
+when the source knows it (RealSense: the device timestamp mapped to ROS time, see
+core/data/realsense.py), else the node clock at publish time. Lifecycle: configure opens the
+source, activate starts the timer, deactivate stops it, cleanup closes the source.
 rclpy is imported at the top of this module, before pyrealsense2 can ever be loaded (see
 uois_sam_ros.ros.sources), so the two Fast DDS copies are loaded in the safe order.
 """
@@ -14,90 +17,138 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from rclpy.node import Node
+from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 
 from uois_sam_ros.core.data.sources import EndOfSource, FrameSource, SourceError, open_source
 from uois_sam_ros.core.types import Sample
-from uois_sam_ros.nodes.common import NodeParams, spin_node
+from uois_sam_ros.nodes.common import ManagedNode, spin_node
 from uois_sam_ros.ros.convert import intrinsics_to_camera_info, make_header
 from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC
 from uois_sam_ros.ros.image import numpy_to_image
-from uois_sam_ros.ros.qos import SENSOR_QOS
+from uois_sam_ros.ros.qos import IMAGE_QOS
 from uois_sam_ros.ros.sources import import_pyrealsense2
 
 
-class CameraNode(Node):
-    """Thin: read a Sample from the source, publish it with the current stamp."""
+class CameraNode(ManagedNode):
+    """Thin: read a Sample from the source, publish it with its capture (or the current) stamp."""
+
+    KIND = "camera"
 
     def __init__(self, node_name: str = "camera", *, source: FrameSource | None = None, **kwargs: Any) -> None:
-        super().__init__(node_name, **kwargs)
-        self.params = NodeParams(self, "camera", on_change=self._params_changed)
-        p = self.params.values()
-        self.frame_id = p["frame_id"]
-        self.source = source if source is not None else open_source(
-            p["source"], p, rs_loader=import_pyrealsense2, log=self.get_logger().warning)
-        self.pub_color = self.create_publisher(Image, COLOR_TOPIC, SENSOR_QOS)
-        self.pub_depth = self.create_publisher(Image, DEPTH_TOPIC, SENSOR_QOS)
-        self.pub_info = self.create_publisher(CameraInfo, INFO_TOPIC, SENSOR_QOS)
+        self._given_source = source
+        self.source: FrameSource | None = None
+        self.timer = None
+        self.pub_color = self.pub_depth = self.pub_info = None
         self.published = 0
         self.finished = threading.Event()
         self.on_publish: list[Callable[[float, Sample], None]] = []  # in-process listeners (demo)
         self._lock = threading.Lock()
-        self.timer = self.create_timer(1.0 / p["rate"], self._tick)
+        super().__init__(node_name, **kwargs)
+        self.frame_id = self.params.get("frame_id")
+
+    # -------------------------------------------------------------- lifecycle
+    def load(self) -> None:
+        p = self.params.values()
+        self.frame_id = p["frame_id"]
+        if self._given_source is not None:
+            self.source = self._given_source
+        else:
+            try:
+                self.source = open_source(p["source"], p, rs_loader=import_pyrealsense2,
+                                          log=self.get_logger().warning)
+            except (SourceError, OSError, ImportError) as e:
+                raise SourceError(f"camera source {p['source']!r} cannot be opened: {e}") from None
+        self.pub_color = self.create_lifecycle_publisher(Image, COLOR_TOPIC, IMAGE_QOS)
+        self.pub_depth = self.create_lifecycle_publisher(Image, DEPTH_TOPIC, IMAGE_QOS)
+        self.pub_info = self.create_lifecycle_publisher(CameraInfo, INFO_TOPIC, IMAGE_QOS)
         self.get_logger().info(f"camera: source {getattr(self.source, 'name', type(self.source).__name__)} "
                                f"at {p['rate']:g} Hz")
 
-    def _params_changed(self, names: set[str]) -> None:
-        if "rate" in names:
+    def unload(self) -> None:
+        for pub in (self.pub_color, self.pub_depth, self.pub_info):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self.pub_color = self.pub_depth = self.pub_info = None
+        if self.source is not None and self.source is not self._given_source:
+            self.source.close()
+        self.source = None
+
+    def start_io(self) -> None:
+        self.finished.clear()
+        self.timer = self.create_timer(1.0 / self.params.get("rate"), self._tick, callback_group=self.io_group)
+
+    def stop_io(self) -> None:
+        if self.timer is not None:
             self.timer.cancel()
             self.destroy_timer(self.timer)
-            self.timer = self.create_timer(1.0 / self.params.get("rate"), self._tick)
+            self.timer = None
+
+    def _params_changed(self, names: set[str]) -> None:
+        if "rate" in names and self.timer is not None:
+            self.stop_io()
+            self.start_io()
         if "frame_id" in names:
             self.frame_id = self.params.get("frame_id")
 
+    # -------------------------------------------------------------- frames
     def _tick(self) -> None:
-        if self.finished.is_set() or not self._lock.acquire(blocking=False):
-            return  # the previous read is still running (a RealSense wait): skip, never queue
+        if self.finished.is_set() or self.source is None or not self._lock.acquire(blocking=False):
+            return  # the previous read is still running: skip, never queue
         try:
             try:
                 sample = self.source.read()
             except EndOfSource as e:
                 self.get_logger().info(str(e))
                 self.finished.set()
-                self.timer.cancel()
+                if self.timer is not None:
+                    self.timer.cancel()
                 return
-            except (SourceError, OSError, ValueError) as e:
-                self.get_logger().error(f"camera source failed: {e}")
+            except (SourceError, OSError, ValueError, RuntimeError) as e:
+                if self.alive():
+                    self.errors(f"camera source failed: {e}", kind="source")
                 return
             if sample is not None:
+                self.stats.on_input(self.now_s())
                 try:
                     self.publish_sample(sample)
                 except ValueError as e:  # a frame the messages cannot carry: skip it, keep publishing
-                    self.get_logger().error(f"camera: cannot publish frame {sample.name}: {e}")
+                    self.errors(f"camera: cannot publish frame {sample.name}: {e}", kind="publish")
         finally:
             self._lock.release()
 
     def publish_sample(self, sample: Sample) -> float:
-        """Publish colour, depth and camera_info with one stamp (now); returns that stamp."""
-        now = self.get_clock().now()
+        """Publish colour, depth and camera_info with one stamp; returns that stamp (seconds)."""
+        capture = getattr(sample, "capture_time_ns", None)
+        now = Time(nanoseconds=int(capture), clock_type=self.get_clock().clock_type) if capture is not None \
+            else self.get_clock().now()
         header = make_header(now.to_msg(), self.frame_id)
         stamp = now.nanoseconds * 1e-9
         for cb in list(self.on_publish):  # before the messages leave, so no answer can beat its sample
             cb(stamp, sample)
         if sample.intrinsics is not None:  # first, so a subscriber has it when the images pair up
-            self.pub_info.publish(intrinsics_to_camera_info(sample.intrinsics, header))
-        self.pub_color.publish(numpy_to_image(sample.rgb, "rgb8", header))
+            self.safe_publish(self.pub_info, intrinsics_to_camera_info(sample.intrinsics, header))
+        self.safe_publish(self.pub_color, numpy_to_image(sample.rgb, "rgb8", header))
         if sample.depth is not None:
             d = np.nan_to_num(np.asarray(sample.depth, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
             mm = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)  # 16UC1 millimetres
-            self.pub_depth.publish(numpy_to_image(mm, "16UC1", header))
+            self.safe_publish(self.pub_depth, numpy_to_image(mm, "16UC1", header))
         self.published += 1
+        self.stats.on_output(self.now_s(), stamp)
         return stamp
 
+    def diagnostic_values(self) -> dict[str, Any]:
+        src = self.source
+        out: dict[str, Any] = {"source": getattr(src, "name", "") if src else "", "finished": self.finished.is_set()}
+        for attr in ("reconnects", "connected"):
+            if src is not None and hasattr(src, attr):
+                out[attr] = getattr(src, attr)
+        return out
+
     def destroy_node(self) -> None:
-        self.timer.cancel()
-        self.source.close()
+        self.stop_io()
+        if self.source is not None:
+            self.source.close()
         super().destroy_node()
 
 

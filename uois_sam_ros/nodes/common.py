@@ -1,23 +1,36 @@
-"""What every node shares: the latest-frame worker, declared/validated parameters, error log, main.
+"""What every node shares: the lifecycle base, the latest-frame worker, declared/validated
+parameters, the error log, the diagnostics, and main().
 
 Inference never runs in a subscription callback: callbacks drop the newest input into a
 one-item slot and a worker thread takes it, so a slow model skips frames instead of queueing
 them and latency stays bounded (DESIGN.md section 3).
+
+Every node is a lifecycle node (DESIGN.md section 3): ``configure`` validates the parameters
+and loads the models, ``activate`` creates the subscriptions and starts publishing,
+``deactivate`` stops the input, ``cleanup`` drops the models. With ``autostart`` (the default)
+a node walks itself to active right after it starts, which is what ``ros2 launch`` users
+expect from a driver. A configure that fails leaves the node unconfigured with the reason
+logged once; the process keeps running, so a later parameter fix plus ``configure`` works.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
 
 from uois_sam_ros.ros.params import ParamSpec, param_specs
 
@@ -35,8 +48,8 @@ class LatestWorker(Generic[T]):
     """
 
     def __init__(self, process: Callable[[T], None], on_error: Callable[[BaseException], None],
-                 name: str = "worker") -> None:
-        self._process, self._on_error = process, on_error
+                 name: str = "worker", on_drop: Callable[[], None] | None = None) -> None:
+        self._process, self._on_error, self._on_drop = process, on_error, on_drop
         self._cond = threading.Condition()
         self._item: T | None = None
         self._has = False
@@ -49,8 +62,12 @@ class LatestWorker(Generic[T]):
 
     def put(self, item: T) -> None:
         with self._cond:
+            if self._stop:
+                return
             if self._has:
                 self.dropped += 1
+                if self._on_drop is not None:
+                    self._on_drop()
             self._item, self._has = item, True
             self._cond.notify()
 
@@ -85,8 +102,10 @@ class LatestWorker(Generic[T]):
         return True
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Drop what is pending and end the thread once the running item (if any) returns."""
         with self._cond:
             self._stop = True
+            self._has, self._item = False, None
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -96,22 +115,22 @@ class NodeParams:
     """Declares a node's parameters from ros/params.py's schema, with descriptions and validation.
 
     Run-time changes are checked against the schema (type, range, choices; read-only ones are
-    refused by rclpy); on_change(names) runs after an accepted change.
+    refused by rclpy). ``on_validate(new_values, changed)`` may veto a change with a reason
+    (the node loads a new model there, so a failed load rejects the change and the parameter
+    keeps its old value); ``on_change(names)`` runs after an accepted change.
     """
 
-    def __init__(self, node: Node, kind: str, on_change: Callable[[set[str]], None] | None = None) -> None:
+    def __init__(self, node: LifecycleNode, kind: str,
+                 on_change: Callable[[set[str]], None] | None = None,
+                 on_validate: Callable[[dict[str, Any], set[str]], str | None] | None = None) -> None:
         self.node, self.specs = node, param_specs(kind)
-        self.on_change = on_change
-        self._lock = threading.Lock()
+        self.on_change, self.on_validate = on_change, on_validate
         for spec in self.specs.values():
             self._declare(spec)
-        bad = [p for p in (self.specs[n].check(self.get(n)) for n in self.specs) if p]
-        if bad:
-            raise ValueError("; ".join(bad))
         node.add_on_set_parameters_callback(self._validate)
-        if hasattr(node, "add_post_set_parameters_callback"):
-            node.add_post_set_parameters_callback(self._post)
         self._post_supported = hasattr(node, "add_post_set_parameters_callback")
+        if self._post_supported:
+            node.add_post_set_parameters_callback(self._post)
 
     def _declare(self, spec: ParamSpec) -> None:
         descriptor = ParameterDescriptor(description=spec.full_description, read_only=spec.read_only)
@@ -119,6 +138,10 @@ class NodeParams:
             self.node.declare_parameter(spec.name, spec.default, descriptor)
         except Exception as e:  # an override of the wrong type: say which parameter
             raise ValueError(f"parameter {spec.name!r}: {e}") from e
+
+    def problems(self) -> list[str]:
+        """Why the current values are not allowed (checked at configure)."""
+        return [p for p in (self.specs[n].check(self.get(n)) for n in self.specs) if p]
 
     def get(self, name: str) -> Any:
         return self.node.get_parameter(name).value
@@ -137,21 +160,28 @@ class NodeParams:
             problem = spec.check(p.value)
             if problem:
                 return SetParametersResult(successful=False, reason=problem)
-        if not self._post_supported and self.on_change:
+        names = {p.name for p in params if p.name in self.specs}
+        if self.on_validate is not None and names:
+            new = self.values()
+            new.update({p.name: p.value for p in params if p.name in self.specs})
+            reason = self.on_validate(new, names)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        if not self._post_supported and self.on_change and names:
             # Humble has no post-set callback: apply after rclpy stores the values.
-            names = {p.name for p in params}
             threading.Timer(0.0, self.on_change, args=(names,)).start()
         return SetParametersResult(successful=True)
 
     def _post(self, params: list[Parameter]) -> None:
-        if self.on_change:
-            self.on_change({p.name for p in params})
+        names = {p.name for p in params if p.name in self.specs}
+        if self.on_change and names:
+            self.on_change(names)
 
 
 class ErrorLog:
     """Counts input errors and logs each one (throttled per kind), so a bad frame is visible but cheap."""
 
-    def __init__(self, node: Node, every: float = 1.0) -> None:
+    def __init__(self, node: LifecycleNode, every: float = 1.0) -> None:
         self.node, self.every = node, every
         self.count = 0
         self.last_message = ""
@@ -170,22 +200,282 @@ class ErrorLog:
         self.node.get_logger().error(message)
 
 
-def spin_node(factory: Callable[[], Node], argv: list[str] | None = None) -> int:
-    """Shared main: init, spin until Ctrl-C or shutdown, clean up, exit code 0 (1 on a start-up error)."""
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation, NaN for no values (numpy's default rule)."""
+    if not values:
+        return math.nan
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+class Stats:
+    """Input/output counts, rates and latencies over a bounded window, on a caller's clock.
+
+    The clock is the node's (seconds), so with use_sim_time and a bag the rates and
+    latencies are in bag time: a replay at 2x reports the true per-frame latency.
+    """
+
+    def __init__(self, window: int = 100) -> None:
+        self.window = window
+        self.received = 0
+        self.published = 0
+        self.dropped = 0
+        self._in: deque[float] = deque(maxlen=window)
+        self._out: deque[float] = deque(maxlen=window)
+        self._latency: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def on_input(self, now: float) -> None:
+        with self._lock:
+            self.received += 1
+            self._in.append(now)
+
+    def on_drop(self) -> None:
+        with self._lock:
+            self.dropped += 1
+
+    def on_output(self, now: float, stamp: float | None = None) -> None:
+        with self._lock:
+            self.published += 1
+            self._out.append(now)
+            if stamp is not None and math.isfinite(stamp):
+                self._latency.append(now - stamp)
+
+    @staticmethod
+    def _rate(times: deque[float], now: float) -> float:
+        """Events per second over the window: (n - 1) intervals between the first and the last
+        event, 0 once the last event is older than the span (the stream stopped)."""
+        if len(times) < 2:
+            return 0.0
+        span = times[-1] - times[0]
+        if span <= 0 or now - times[-1] > max(span, 1.0):
+            return 0.0
+        return (len(times) - 1) / span
+
+    def snapshot(self, now: float) -> dict[str, float]:
+        with self._lock:
+            lat = list(self._latency)
+            return {"received": self.received, "published": self.published, "dropped": self.dropped,
+                    "input_rate_hz": self._rate(self._in, now), "output_rate_hz": self._rate(self._out, now),
+                    "latency_p50_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95)}
+
+
+DIAGNOSTICS_QOS = QoSProfile(depth=10)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+class ManagedNode(LifecycleNode):
+    """The lifecycle skeleton every node of the graph uses.
+
+    Subclasses implement ``load()`` (configure: build models from self.params; raise to fail
+    with a one-line reason), ``start_io()`` / ``stop_io()`` (activate / deactivate: the
+    subscriptions and timers) and ``unload()`` (cleanup). Publishers are created in ``load``
+    with ``create_lifecycle_publisher`` so they only publish while active.
+    """
+
+    KIND = ""
+
+    def __init__(self, node_name: str, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params = NodeParams(self, self.KIND, on_change=self._params_changed, on_validate=self._validate_change)
+        self.errors = ErrorLog(self)
+        self.stats = Stats()
+        self.last_error = ""
+        self.model_loaded = False
+        self.configure_failure = ""  # the reason of the last failed configure ('' when none)
+        self.quiet_configure = False  # bringup/demo report a failed configure themselves (one line)
+        self.io_group = MutuallyExclusiveCallbackGroup()  # inputs run beside parameter/lifecycle services
+        self._state = "unconfigured"
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self._diag_timer = self.create_timer(1.0, self.publish_diagnostics)
+
+    # -------------------------------------------------------------- to implement
+    def load(self) -> None:
+        """Build models and publishers from self.params (configure)."""
+
+    def unload(self) -> None:
+        """Drop models and publishers (cleanup)."""
+
+    def start_io(self) -> None:
+        """Create subscriptions and timers (activate)."""
+
+    def stop_io(self) -> None:
+        """Destroy subscriptions and timers, stop workers (deactivate)."""
+
+    def _validate_change(self, values: dict[str, Any], changed: set[str]) -> str | None:
+        return None
+
+    def _params_changed(self, names: set[str]) -> None:
+        pass
+
+    # -------------------------------------------------------------- lifecycle
+    @property
+    def state(self) -> str:
+        """unconfigured | inactive | active | finalized (as the lifecycle services report)."""
+        return self._state
+
+    def now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        problems = self.params.problems()
+        try:
+            if problems:
+                raise ValueError("; ".join(problems))
+            self.load()
+        except Exception as e:  # noqa: BLE001 - one line, no traceback; the node stays unconfigured
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.configure_failure = self.last_error = reason
+            try:
+                self.unload()
+            except Exception:  # noqa: BLE001 - a half-built node is dropped as far as it goes
+                pass
+            if not self.quiet_configure:
+                self.get_logger().error(f"configure failed, staying unconfigured: {reason}")
+            return TransitionCallbackReturn.FAILURE
+        self.configure_failure = ""
+        self.model_loaded = True
+        self._state = "inactive"
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        ret = super().on_activate(state)  # enables the lifecycle publishers
+        try:
+            self.start_io()
+        except Exception as e:  # noqa: BLE001
+            self.last_error = str(e)
+            self.get_logger().error(f"activate failed: {e}")
+            self.stop_io()
+            return TransitionCallbackReturn.FAILURE
+        self._state = "active"
+        self.get_logger().info("active")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop_io()
+        self._state = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.unload()
+        self.model_loaded = False
+        self._state = "unconfigured"
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop_io()
+        self.unload()
+        self.model_loaded = False
+        self._state = "finalized"
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop_io()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def autostart(self) -> bool:
+        """configure + activate (the ``autostart`` parameter); False when configure failed."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    # -------------------------------------------------------------- helpers
+    def alive(self) -> bool:
+        """False once the context is shut down (Ctrl-C): workers then finish silently."""
+        return self.context.ok()
+
+    def safe_publish(self, pub: Any, msg: Any) -> bool:
+        """Publish unless the process is shutting down (no 'context is invalid' noise on Ctrl-C)."""
+        if pub is None or not self.alive():
+            return False
+        try:
+            pub.publish(msg)
+        except Exception:
+            if self.alive():
+                raise
+            return False
+        return True
+
+    @staticmethod
+    def wanted(pub: Any) -> bool:
+        """Somebody subscribes: debug and overlay images are only computed then."""
+        try:
+            return pub is not None and pub.get_subscription_count() > 0
+        except Exception:  # noqa: BLE001 - a destroyed publisher during shutdown
+            return False
+
+    def diagnostic_values(self) -> dict[str, Any]:
+        """Node-specific key/values added to the diagnostics (subclasses extend)."""
+        return {}
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        snap = self.stats.snapshot(self.now_s())
+        values: dict[str, Any] = {"state": self.state, "model_loaded": self.model_loaded, **snap,
+                                  "input_errors": self.errors.count, **self.diagnostic_values(),
+                                  "last_error": self.last_error or self.errors.last_message}
+        st = DiagnosticStatus()
+        st.name = f"{self.get_name()}: {self.get_fully_qualified_name()}"
+        st.hardware_id = "uois_sam_ros"
+        if self.configure_failure:
+            st.level, st.message = DiagnosticStatus.ERROR, f"not configured: {self.configure_failure}"
+        elif self.state != "active":
+            st.level, st.message = DiagnosticStatus.WARN, self.state
+        elif self.errors.count and values["last_error"]:
+            st.level, st.message = DiagnosticStatus.WARN, "active, with input errors"
+        else:
+            st.level, st.message = DiagnosticStatus.OK, "active"
+        st.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
+        return st
+
+    def publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [self.diagnostic_status()]
+        self.safe_publish(self._diag_pub, arr)
+
+
+def spin_node(factory: Callable[[], ManagedNode], argv: list[str] | None = None) -> int:
+    """Shared main: init, autostart, spin until Ctrl-C / SIGTERM / shutdown, clean up.
+
+    Exit code 0 on a signal or shutdown, whatever the node's state (a node whose configure
+    failed keeps running unconfigured); 1 only when the node cannot even be constructed
+    (a parameter of the wrong type), with one line on stderr.
+    """
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None
     code = 0
+    executor = MultiThreadedExecutor(num_threads=2)
     try:
-        node = factory()
-        rclpy.spin(node)
+        try:
+            node = factory()
+        except (RuntimeError, ValueError, FileNotFoundError) as e:
+            if rclpy.ok():  # not a signal during start-up
+                print(f"error: {e}", file=sys.stderr)
+                code = 1
+            return code
+        if node.get_parameter("autostart").value:
+            node.autostart()
+        executor.add_node(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (RuntimeError, ValueError, FileNotFoundError) as e:  # start-up errors: a line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        code = 1
     finally:
         if node is not None:
+            try:
+                node.stop_io()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+        executor.shutdown(timeout_sec=1.0)
+        if node is not None:
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
+        rclpy.try_shutdown()
     return code

@@ -1,5 +1,6 @@
-"""The camera inputs of the hpg and segmentation nodes: subscriptions, stamp sync, each frame's
-camera_info, and the core pipeline built from the node's parameters.
+"""The inputs of the hpg and segmentation nodes: camera subscriptions, approximate-time sync,
+each frame's camera_info, a watchdog that says why nothing pairs, and the core pipeline built
+from the node's parameters (with run-time reconfiguration).
 
 Both nodes import this module; neither imports the other.
 """
@@ -9,119 +10,238 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from uois_sam_ros.core.types import Frame, FrameError
-from uois_sam_ros.ros.convert import frame_from_msgs, stamp_to_sec
+from uois_sam_ros.ros.convert import frame_from_msgs
 from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC
 from uois_sam_ros.ros.params import params_to_config
 from uois_sam_ros.ros.qos import LATEST_QOS, SENSOR_QOS
 
+PROMPTS_TOPIC = "prompts"
+NS = 1_000_000_000
+
+
+def _key(msg: Any) -> tuple[int, int]:
+    return int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)
+
+
+def _ns(key: tuple[int, int]) -> int:
+    return key[0] * NS + key[1]
+
 
 class StampSync:
-    """Match messages from several topics by exact header stamp (message_filters is not installable).
+    """Match messages from several topics by header stamp, exactly or within ``slop_ns``
+    (message_filters is not installable here).
 
-    Each topic keeps at most `depth` messages by stamp; when every topic holds a stamp, that
-    set is returned and everything at or before it is dropped (never delivered late).
+    The first topic is the pivot (the colour image): a set is the pivot message plus, from every
+    other topic, the message whose stamp is closest to it, and it is only delivered when all
+    stamps of the set lie within slop of each other (max - min <= slop). slop 0 is exact
+    matching. Each topic keeps at most ``depth`` messages; after a delivery everything at or
+    before the delivered stamps is dropped, so nothing is ever delivered late or twice.
     """
 
-    def __init__(self, topics: list[str], depth: int = 10) -> None:
+    JUMP_BACK_NS = 2 * NS  # a stamp this far behind the last delivered one means a restart
+
+    def __init__(self, topics: list[str], depth: int = 10, slop_ns: int = 0) -> None:
         self.topics = list(topics)
         self.depth = max(1, int(depth))
+        self.slop_ns = max(0, int(slop_ns))
         self.buffers: dict[str, OrderedDict[tuple[int, int], Any]] = {t: OrderedDict() for t in self.topics}
         self._lock = threading.Lock()
         self.last: tuple[int, int] = (-1, -1)
-
-    JUMP_BACK_NS = 2_000_000_000  # a stamp this far behind the last delivered one means a restart
+        self.delivered = 0
 
     def reset(self) -> None:
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
         for b in self.buffers.values():
             b.clear()
         self.last = (-1, -1)
 
+    def newest(self, topic: str) -> tuple[int, int] | None:
+        b = self.buffers[topic]
+        return max(b) if b else None
+
     def add(self, topic: str, msg: Any) -> dict[str, Any] | None:
-        key = (int(msg.header.stamp.sec), int(msg.header.stamp.nanosec))
+        key = _key(msg)
         with self._lock:
             if key <= self.last:
-                back_ns = (self.last[0] - key[0]) * 1_000_000_000 + (self.last[1] - key[1])
-                if back_ns < self.JUMP_BACK_NS:
+                if _ns(self.last) - _ns(key) < self.JUMP_BACK_NS:
                     return None  # older than what was already delivered
                 # Time jumped backwards (a bag restarted or looped, a sim clock reset):
                 # start over instead of ignoring every frame from now on.
-                self.reset()
+                self._reset()
             buf = self.buffers[topic]
             buf[key] = msg
             while len(buf) > self.depth:
                 buf.popitem(last=False)
-            if all(key in self.buffers[t] for t in self.topics):
-                out = {t: self.buffers[t][key] for t in self.topics}
-                self.last = key
-                for t in self.topics:
+            return self._match()
+
+    def _closest(self, topic: str, pivot_ns: int) -> tuple[int, int] | None:
+        best, best_d = None, None
+        for k in self.buffers[topic]:
+            d = abs(_ns(k) - pivot_ns)
+            if d <= self.slop_ns and (best_d is None or d < best_d or (d == best_d and k > best)):
+                best, best_d = k, d
+        return best
+
+    def _match(self) -> dict[str, Any] | None:
+        pivot_topic, others = self.topics[0], self.topics[1:]
+        for pk in sorted(self.buffers[pivot_topic], reverse=True):  # newest complete set wins
+            pns = _ns(pk)
+            keys = {pivot_topic: pk}
+            for t in others:
+                k = self._closest(t, pns)
+                if k is None:
+                    break
+                keys[t] = k
+            else:
+                stamps = [_ns(k) for k in keys.values()]
+                if max(stamps) - min(stamps) > self.slop_ns:
+                    continue
+                out = {t: self.buffers[t][k] for t, k in keys.items()}
+                self.last = pk
+                for t, k in keys.items():
                     b = self.buffers[t]
-                    for k in [k for k in b if k <= key]:
-                        del b[k]
+                    for old in [o for o in b if o <= k]:
+                        del b[old]
+                self.delivered += 1
                 return out
         return None
 
 
+class PairingWatch:
+    """Says once per episode why synced inputs stopped pairing, instead of going silent.
 
-PROMPTS_TOPIC = "prompts"
+    An episode starts when messages keep arriving but no set has paired for ``after`` seconds,
+    and ends at the next delivered set.
+    """
 
+    def __init__(self, sync: StampSync, warn: Callable[[str], None], after: float = 3.0,
+                 names: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sync, self.warn, self.after, self.clock = sync, warn, after, clock
+        self.names = names or {}
+        self.last_rx: dict[str, float] = {}
+        self.counts: dict[str, int] = dict.fromkeys(sync.topics, 0)
+        self.last_pair = clock()
+        self.warned = False
+        self.episodes = 0
 
-def build_pipeline(node: Node, values: dict[str, Any], part: str = "full") -> Any:
-    """The core pipeline from the node's parameters, with a clear line about which backend runs."""
-    from uois_sam_ros.core.segment.pipeline import UOISPipeline  # torch-heavy: imported when a node starts
+    def received(self, topic: str) -> None:
+        self.last_rx[topic] = self.clock()
+        self.counts[topic] = self.counts.get(topic, 0) + 1
 
-    cfg = params_to_config(values)
-    if cfg.sam.checkpoint is None and cfg.pipeline.method in ("auto", "weights_free"):
-        node.get_logger().info("no SAM checkpoint (sam.checkpoint is empty): using the weights-free "
-                               "geometric backend; set sam.checkpoint for the full UOIS-SAM path")
-    pipeline = UOISPipeline(cfg, part=part)
-    node.get_logger().info(f"pipeline method: {getattr(pipeline, 'method', cfg.pipeline.method)}")
-    return pipeline
+    def paired(self) -> None:
+        self.last_pair = self.clock()
+        self.warned = False
 
+    def reason(self) -> str:
+        now = self.clock()
+        name = self.names.get
+        silent = [t for t in self.sync.topics if now - self.last_rx.get(t, -1e18) > self.after]
+        if silent:
+            got = ", ".join(f"{name(t, t)}: {self.counts.get(t, 0)}" for t in self.sync.topics)
+            return (f"nothing received for {self.after:g} s on {', '.join(name(t, t) for t in silent)} "
+                    f"(messages so far: {got}); check the topic names, remaps and QoS")
+        pivot = self.sync.topics[0]
+        pk = self.sync.newest(pivot)
+        parts = []
+        for t in self.sync.topics[1:]:
+            k = self.sync.newest(t)
+            if pk is not None and k is not None:
+                parts.append(f"{name(t, t)} {(_ns(k) - _ns(pk)) / 1e9:+.3f} s")
+        return (f"messages arrive but no set has paired for {self.after:g} s: newest stamps relative to "
+                f"{name(pivot, pivot)}: {', '.join(parts) or 'n/a'}; sync_slop is "
+                f"{self.sync.slop_ns / 1e9:g} s (raise it for drivers whose streams are stamped apart)")
 
-def _stamp_key(msg: Any) -> tuple[int, int]:
-    return int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)
+    def check(self) -> bool:
+        """Warn if an episode just started; True when it warned."""
+        now = self.clock()
+        if self.warned or now - self.last_pair < self.after or not self.last_rx:
+            return False
+        if now - max(self.last_rx.values()) > self.after:
+            return False  # nothing arrives at all: the camera is off, nothing to pair
+        self.warned = True
+        self.episodes += 1
+        self.warn(f"no synced input for {now - self.last_pair:.1f} s: {self.reason()}")
+        return True
 
 
 class FrameInputs:
     """Camera subscriptions + stamp sync + each frame's own camera_info, shared by the hpg and
-    segmentation nodes.
+    segmentation nodes. Created at activate, destroyed at deactivate.
 
-    A frame is paired with the camera_info of the same stamp, not with the latest one: topics
-    are not ordered against each other, so the latest camera_info may still be the previous
-    frame's (a different camera, or a re-calibrated one, gives different intrinsics). Once a
-    camera_info has matched a frame by stamp (realsense2_camera, bags, our camera node), each
-    frame waits up to INFO_WAIT for its own; a camera whose camera_info stamps never match its
-    images gets the latest camera_info at once.
+    A frame is paired with the camera_info of its stamp (within sync_slop), not with the latest
+    one: topics are not ordered against each other, so the latest camera_info may still be the
+    previous frame's. Once a camera_info has matched a frame by stamp (realsense2_camera, bags,
+    our camera node), each frame waits up to INFO_WAIT for its own; a camera whose camera_info
+    stamps never match its images gets the latest camera_info at once.
     """
 
-    INFO_WAIT = 0.5  # seconds a synced frame waits for its camera_info (the first one: else an error)
+    INFO_WAIT = 0.5  # seconds a synced frame waits for its camera_info
 
-    def __init__(self, node: Node, extra: dict[str, type] | None, depth: int, on_set) -> None:
-        self.node, self.on_set = node, on_set
+    def __init__(self, node: Node, extra: dict[str, type] | None, depth: int, slop_s: float,
+                 on_set: Callable[[dict[str, Any], CameraInfo | None], None],
+                 on_received: Callable[[], None] | None = None, warn_after: float = 3.0,
+                 callback_group: Any = None) -> None:
+        self.node, self.on_set, self.on_received = node, on_set, on_received
         self.info: CameraInfo | None = None  # the latest
-        self.info_stamped = False  # a camera_info has matched a frame's stamp: frames wait for their own
+        self.info_stamped = False
         self._infos: OrderedDict[tuple[int, int], CameraInfo] = OrderedDict()
         self._info_depth = max(10, int(depth))
         self.pending: tuple[dict[str, Any], float] | None = None
         self._lock = threading.Lock()
-        node.create_timer(0.1, self._check_pending)
         topics = [COLOR_TOPIC, DEPTH_TOPIC] + list(extra or {})
-        self.sync = StampSync(topics, depth=depth)
+        self.sync = StampSync(topics, depth=depth, slop_ns=int(round(slop_s * NS)))
+        names = {t: node.resolve_topic_name(t) for t in topics}
+        self.watch = PairingWatch(self.sync, node.get_logger().warning, after=warn_after, names=names)
         self.received = 0
-        node.create_subscription(Image, COLOR_TOPIC, lambda m: self._add(COLOR_TOPIC, m), SENSOR_QOS)
-        node.create_subscription(Image, DEPTH_TOPIC, lambda m: self._add(DEPTH_TOPIC, m), SENSOR_QOS)
-        node.create_subscription(CameraInfo, INFO_TOPIC, self._info, SENSOR_QOS)
+        cg = callback_group
+        self._entities: list[Any] = [
+            node.create_timer(0.1, self._check_pending, callback_group=cg),
+            node.create_timer(1.0, self.watch.check, callback_group=cg),
+            node.create_subscription(Image, COLOR_TOPIC, lambda m: self._add(COLOR_TOPIC, m), SENSOR_QOS,
+                                     callback_group=cg),
+            node.create_subscription(Image, DEPTH_TOPIC, lambda m: self._add(DEPTH_TOPIC, m), SENSOR_QOS,
+                                     callback_group=cg),
+            node.create_subscription(CameraInfo, INFO_TOPIC, self._info, SENSOR_QOS, callback_group=cg),
+        ]
         for topic, mtype in (extra or {}).items():
-            node.create_subscription(mtype, topic, lambda m, t=topic: self._add(t, m), LATEST_QOS)
+            self._entities.append(node.create_subscription(mtype, topic, lambda m, t=topic: self._add(t, m),
+                                                           LATEST_QOS, callback_group=cg))
+
+    def close(self) -> None:
+        """Destroy the subscriptions and timers (deactivate)."""
+        for e in self._entities:
+            if hasattr(e, "cancel"):
+                e.cancel()
+                self.node.destroy_timer(e)
+            else:
+                self.node.destroy_subscription(e)
+        self._entities = []
+        with self._lock:
+            self.pending = None
+
+    def _info_for(self, key: tuple[int, int]) -> CameraInfo | None:
+        exact = self._infos.get(key)
+        if exact is not None or self.sync.slop_ns == 0:
+            return exact
+        best, best_d = None, None
+        for k, m in self._infos.items():
+            d = abs(_ns(k) - _ns(key))
+            if d <= self.sync.slop_ns and (best_d is None or d < best_d):
+                best, best_d = m, d
+        return best
 
     def _info(self, msg: CameraInfo) -> None:
-        key = _stamp_key(msg)
+        key = _key(msg)
         with self._lock:
             self.info = msg
             self._infos[key] = msg
@@ -130,7 +250,7 @@ class FrameInputs:
             pending = self.pending
             if pending is None:
                 return
-            if _stamp_key(pending[0][COLOR_TOPIC]) == key:
+            if self._info_for(_key(pending[0][COLOR_TOPIC])) is msg:
                 self.info_stamped = True
             elif self.info_stamped:
                 return  # not this frame's camera_info: keep waiting for it
@@ -138,12 +258,16 @@ class FrameInputs:
         self.on_set(pending[0], msg)
 
     def _add(self, topic: str, msg: Any) -> None:
+        self.watch.received(topic)
         out = self.sync.add(topic, msg)
         if out is None:
             return
+        self.watch.paired()
         self.received += 1
+        if self.on_received is not None:
+            self.on_received()
         with self._lock:
-            info = self._infos.get(_stamp_key(out[COLOR_TOPIC]))
+            info = self._info_for(_key(out[COLOR_TOPIC]))
             if info is not None:
                 self.info_stamped = True
             elif self.info is None or self.info_stamped:
@@ -172,19 +296,84 @@ class FrameInputs:
         return frame_from_msgs(color, depth, info, depth_scale=depth_scale)
 
 
-def prepare_frame(node: Any, msgs: dict[str, Any], info: CameraInfo | None) -> Frame | None:
-    """The start of every worker step of the hpg and segmentation nodes: the synced messages
-    as a Frame (a bad one is logged and skipped), and the pipeline rebuilt if a core
-    parameter changed since the last frame."""
-    color = msgs[COLOR_TOPIC]
-    try:
-        frame = node.inputs.frame(color, msgs[DEPTH_TOPIC], info, node.params.get("depth_scale"))
-    except FrameError as e:
-        node.errors(f"bad input frame at t={stamp_to_sec(color.header.stamp):.3f}: {e}")
+class PipelineHolder:
+    """The node's core pipeline, and its run-time reconfiguration.
+
+    Threshold changes are applied between frames with no reload (``reconfigure``). A change
+    that needs other weights loads a new pipeline in the parameter-service thread while the
+    worker keeps serving frames with the old one; the worker swaps it in atomically before its
+    next frame. A failed load returns the reason, which the node puts in SetParametersResult:
+    the change is rejected and the parameter keeps its old value.
+    """
+
+    def __init__(self, node: Node, part: str) -> None:
+        self.node, self.part = node, part
+        self.pipeline: Any = None
+        self.loads = 0
+        self._pending: tuple[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def build(self, values_or_config: Any) -> Any:
+        from uois_sam_ros.core.segment.pipeline import UOISPipeline  # torch-heavy: at configure
+
+        cfg = params_to_config(values_or_config) if isinstance(values_or_config, dict) else values_or_config
+        pipeline = UOISPipeline(cfg, part=self.part)
+        self.loads += 1
+        log = self.node.get_logger()
+        device = getattr(pipeline, "device", None) or cfg.sam.device
+        if pipeline.method == "weights_free" and cfg.sam.checkpoint is None:
+            log.info("no SAM checkpoint (sam.checkpoint is empty): weights-free geometric backend; "
+                     "set sam.checkpoint for the full UOIS-SAM path")
+        log.info(f"pipeline loaded: method {pipeline.method}, part {pipeline.part}, device {device}")
+        return pipeline
+
+    def load(self, values: dict[str, Any]) -> None:
+        self.pipeline = self.build(values)
+        with self._lock:
+            self._pending = None
+
+    def unload(self) -> None:
+        with self._lock:
+            self.pipeline, self._pending = None, None
+
+    def validate(self, values: dict[str, Any]) -> str | None:
+        """Prepare a core-parameter change; the reason it cannot be applied, or None."""
+        from uois_sam_ros.core.config import ConfigError
+
+        try:
+            cfg = params_to_config(values)
+        except (ConfigError, ValueError) as e:
+            return str(e)
+        with self._lock:
+            pending = self._pending
+        base = pending[1] if pending and pending[0] == "swap" else self.pipeline
+        if base is None:
+            return None  # not configured: the values are used at the next configure
+        if base.can_reconfigure(cfg):
+            if pending and pending[0] == "swap":
+                base.reconfigure(cfg)  # not serving yet: safe to change now
+            else:
+                with self._lock:
+                    self._pending = ("reconfigure", cfg)
+            return None
+        try:
+            new = self.build(cfg)
+        except Exception as e:  # noqa: BLE001 - any load failure rejects the change
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.node.get_logger().warning(f"parameter change rejected, keeping the loaded models: {msg}")
+            return f"cannot load the new models, keeping the old ones: {msg}"
+        with self._lock:
+            self._pending = ("swap", new)
         return None
-    if node._config_changed:
-        node._config_changed = False
-        node.pipeline = build_pipeline(node, node.params.values(), node.pipeline.part)
-    return frame
 
-
+    def current(self) -> Any:
+        """The pipeline for the next frame, with any pending change applied (worker thread)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None and self.pipeline is not None:
+            kind, obj = pending
+            if kind == "swap":
+                self.pipeline = obj
+            else:
+                self.pipeline.reconfigure(obj)
+        return self.pipeline

@@ -189,10 +189,14 @@ def msg_to_prompts(msg: PromptsMsg) -> CorePrompts:
 
 
 def intrinsics_to_camera_info(intr: Intrinsics, header: Header) -> CameraInfo:
-    """Rectified pinhole CameraInfo (plumb_bob, zero distortion), as RealSense colour publishes."""
+    """CameraInfo with the camera's distortion model and coefficients, as realsense2_camera publishes.
+
+    No distortion is written as zeros of the model's length (5 for plumb_bob, 4 for equidistant).
+    """
     msg = CameraInfo(header=copy_header(header), height=int(intr.height), width=int(intr.width))
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0] * 5
+    msg.distortion_model = intr.distortion_model or "plumb_bob"
+    zeros = {"plumb_bob": 5, "equidistant": 4, "rational_polynomial": 8}.get(msg.distortion_model, 0)
+    msg.d = [float(c) for c in intr.distortion] if intr.distortion else [0.0] * zeros
     msg.k = [intr.fx, 0.0, intr.cx, 0.0, intr.fy, intr.cy, 0.0, 0.0, 1.0]
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     msg.p = [intr.fx, 0.0, intr.cx, 0.0, 0.0, intr.fy, intr.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -207,8 +211,12 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> Intrinsics:
         raise FrameError(f"camera_info K has invalid focal lengths fx={k[0]}, fy={k[4]}")
     if msg.width == 0 or msg.height == 0:
         raise FrameError(f"camera_info has no image size ({msg.width}x{msg.height})")
+    if not all(math.isfinite(c) for c in msg.d):
+        raise FrameError(f"camera_info has non-finite distortion coefficients {list(msg.d)}")
     return Intrinsics(fx=float(k[0]), fy=float(k[4]), cx=float(k[2]), cy=float(k[5]),
-                      width=int(msg.width), height=int(msg.height))
+                      width=int(msg.width), height=int(msg.height),
+                      distortion_model=msg.distortion_model or "plumb_bob",
+                      distortion=tuple(float(c) for c in msg.d))
 
 
 def frame_from_msgs(color: Image, depth: Image | None = None, info: CameraInfo | None = None,

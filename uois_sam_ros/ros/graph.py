@@ -135,14 +135,23 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
                    single_node: bool | str | None = None, use_camera: bool | str = True,
                    camera_prefix: str = "camera", sam_checkpoint: str = "", sam_model_type: str = "",
                    hpg_checkpoint: str = "", hdnet_checkpoint: str = "", device: str = "",
+                   autostart: bool | str = True, use_sim_time: bool | str = False,
                    overrides: dict[str, dict[str, Any]] | None = None) -> list[NodeSpec]:
     """The tabletop graph: camera -> hpg -> segmentation, or camera -> segmentation (single node).
 
     params_file: a ROS 2 parameter file (default config/tabletop.yaml); '/**' applies to every
     node that declares the key. Empty-string arguments mean "as in the file", which is what
     launch arguments left at their defaults pass in.
+    autostart: every node configures and activates itself (false: wait for lifecycle calls).
+    use_sim_time: every node takes its clock from /clock (bag replay).
     overrides: {node name: {param: value}} applied last (tests, CLI flags).
+    hpg.backbone=sam makes the graph single-node: those prompts need SAM's image embedding,
+    which only the segmentation node computes (the hpg node never loads SAM).
     """
+    kwargs = dict(namespace=namespace, source=source, use_camera=use_camera, camera_prefix=camera_prefix,
+                  sam_checkpoint=sam_checkpoint, sam_model_type=sam_model_type, hpg_checkpoint=hpg_checkpoint,
+                  hdnet_checkpoint=hdnet_checkpoint, device=device, autostart=autostart,
+                  use_sim_time=use_sim_time, overrides=overrides)
     path = Path(params_file) if params_file else default_params_file()
     file_params = load_params_file(path)
     shared = file_params.pop("/**", {})
@@ -153,7 +162,9 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
 
     seg_file = {**shared, **file_params.get("segmentation", {})}
     single = _truthy(seg_file.get("single_node", False) if single_node in (None, "") else single_node)
-    cli: dict[str, dict[str, Any]] = {"camera": {}, "hpg": {}, "segmentation": {"single_node": single}}
+    auto = _truthy(autostart)
+    cli: dict[str, dict[str, Any]] = {"camera": {"autostart": auto}, "hpg": {"autostart": auto},
+                                      "segmentation": {"single_node": single, "autostart": auto}}
     if source:
         cli["camera"].update(parse_source(source))
     for key, val in (("sam.checkpoint", sam_checkpoint), ("sam.model_type", sam_model_type),
@@ -189,6 +200,10 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
                 if k not in schema:
                     raise GraphError(f"{where}: node {name!r} has no parameter {k!r}")
                 params[k] = schema[k].coerce(v, where)
+        if name == "hpg" and params.get("hpg.backbone") == "sam":
+            return describe_graph(params_file, single_node=True, **kwargs)
+        if _truthy(use_sim_time):
+            params["use_sim_time"] = True  # declared by rclpy itself in every node
         specs.append(NodeSpec(name=name, kind=name, executable=kind.executable, module=kind.module,
                               namespace=ns, parameters=dict(sorted(params.items())), remappings=remaps))
     return specs
@@ -207,7 +222,10 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("sam_model_type", "", "vit_h | vit_l | vit_b | vit_t ('' = as in the parameter file)"),
     ("hpg_checkpoint", "", "HPG checkpoint path ('' = the checkpoint shipped with the package)"),
     ("hdnet_checkpoint", "", "HDNet checkpoint path"),
-    ("device", "", "torch device for SAM and HPG: cpu | cuda | cuda:N ('' = as in the parameter file)"),
+    ("device", "", "torch device for SAM and HPG: auto | cpu | cuda | cuda:N ('' = as in the parameter file)"),
+    ("autostart", "true", "configure and activate every node at start-up (false: drive them through "
+                          "the lifecycle services)"),
+    ("use_sim_time", "false", "take every node's clock from /clock (replaying a bag)"),
 )
 
 
@@ -222,7 +240,8 @@ def describe_graph_from_arguments(args: dict[str, str]) -> list[NodeSpec]:
                           single_node=a["single_node"], use_camera=a["use_camera"],
                           camera_prefix=a["camera_prefix"], sam_checkpoint=a["sam_checkpoint"],
                           sam_model_type=a["sam_model_type"], hpg_checkpoint=a["hpg_checkpoint"],
-                          hdnet_checkpoint=a["hdnet_checkpoint"], device=a["device"])
+                          hdnet_checkpoint=a["hdnet_checkpoint"], device=a["device"],
+                          autostart=a["autostart"], use_sim_time=a["use_sim_time"])
 
 
 def launch_node_kwargs(spec: NodeSpec) -> dict[str, Any]:

@@ -80,7 +80,12 @@ class ParamSpec:
         return None
 
 
-CAMERA_PARAMS: tuple[ParamSpec, ...] = (
+_LIFECYCLE: tuple[ParamSpec, ...] = (
+    ParamSpec("autostart", "bool", True,
+              "configure and activate at start-up (false: wait for the lifecycle services)", True),
+)
+
+CAMERA_PARAMS: tuple[ParamSpec, ...] = _LIFECYCLE + (
     ParamSpec("source", "string", "synthetic", "where frames come from", True, choices=SOURCE_KINDS),
     ParamSpec("rate", "double", 5.0, "publish rate, Hz (changeable at run time)", min=0.01, max=1000.0),
     ParamSpec("frame_id", "string", "camera_color_optical_frame", "frame_id of all published headers"),
@@ -101,9 +106,12 @@ CAMERA_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("hole_filling_filter", "bool", False, "realsense: fill depth holes from neighbours", True),
 )
 
-_NODE_COMMON: tuple[ParamSpec, ...] = (
+_NODE_COMMON: tuple[ParamSpec, ...] = _LIFECYCLE + (
     ParamSpec("depth_scale", "double", 0.001, "metres per unit of 16UC1 depth images (RealSense: 0.001)",
               min=1e-6, max=10.0),
+    ParamSpec("sync_slop", "double", 0.0,
+              "seconds by which colour, depth, camera_info (and prompts) stamps may differ and still pair "
+              "(0 = exact stamps)", True, min=0.0, max=10.0),
 )
 
 HPG_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
@@ -117,11 +125,10 @@ SEGMENTATION_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
     ParamSpec("frame_buffer", "int", 10, "split mode: frames kept waiting for their prompts", min=1, max=100),
 )
 
-# Core config fields that load models: changing them at run time would silently reload
-# weights, so they are fixed at start-up.
-_READ_ONLY_CONFIG = {"sam.model_type", "sam.checkpoint", "sam.device", "hpg.backbone", "hpg.checkpoint",
-                     "hpg.backbone_checkpoint", "hpg.device", "hdnet.checkpoint", "pipeline.method",
-                     "pipeline.weights_free_prompts"}
+# Core config fields that cannot change at run time. Every other core field can: thresholds
+# apply from the next frame, and model paths/types load the new model in the background
+# (nodes/inputs.py PipelineHolder). Random weights must never be switched on in a running graph.
+_READ_ONLY_CONFIG = {"sam.allow_random_weights"}
 _CONFIG_CHOICES = {"sam.model_type": ("vit_h", "vit_l", "vit_b", "vit_t"),
                    "pipeline.weights_free_prompts": ("geometric", "hpg")}
 
