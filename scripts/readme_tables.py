@@ -9,7 +9,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from uois_sam_ros.ros.params import CAMERA_PARAMS, HPG_PARAMS, SEGMENTATION_PARAMS, config_param_specs, param_table
+from uois_sam_ros.ros.params import (
+    CAMERA_PARAMS,
+    HPG_PARAMS,
+    SEGMENTATION_PARAMS,
+    config_param_specs,
+    param_table,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS = {"### Node `camera`": CAMERA_PARAMS, "### Node `hpg`": HPG_PARAMS,

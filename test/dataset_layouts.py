@@ -153,3 +153,20 @@ def write_folder(root: Path, n: int = 3, labels: bool = True, depth: bool = True
     if camera:
         (root / "camera.json").write_text(json.dumps({**INTR, "width": W, "height": H, "depth_unit_m": 0.001}))
     return root
+
+
+def write_flat_folder(root: Path, n: int = 3, labels: tuple[int, ...] = (0, 2), depth: bool = True,
+                      camera: bool = True, token: str = "color") -> Path:
+    """The flat layout of the camera fixtures: NNNN-color.png + NNNN-depth.png [+ NNNN-label.png]
+    for the frames in labels, scene(800 + i) like write_folder, so both layouts hold the same data."""
+    for i in range(n):
+        rgb, d, label, _ = scene(800 + i)
+        _write(root / f"{i:04d}-{token}.png", rgb)
+        if depth:
+            _write(root / f"{i:04d}-depth.png", d)
+        if i in labels:
+            _write(root / f"{i:04d}-label.png", label.astype(np.uint16))
+    if camera:
+        (root / "camera.json").write_text(json.dumps({**INTR, "width": W, "height": H, "depth_unit_m": 0.001}))
+    (root / "LICENSE").write_text("not an image\n")
+    return root

@@ -167,3 +167,138 @@ def test_bad_roots_and_kinds(tmp_path):
                        ("housecat6d", "no HouseCat6D frames"), ("folder", "no images under")]:
         with pytest.raises(DatasetError, match=what):
             open_dataset(kind, tmp_path)
+
+
+# ------------------------------------------------------------------------- one folder format
+def _same_sample(a, b) -> None:
+    np.testing.assert_array_equal(a.rgb, b.rgb)
+    np.testing.assert_array_equal(a.depth, b.depth)
+    assert a.intrinsics == b.intrinsics
+    assert (a.label is None) == (b.label is None)
+    if a.label is not None:
+        np.testing.assert_array_equal(a.label, b.label)
+
+
+def test_flat_and_subfolder_layouts_read_alike_by_eval_and_the_camera_source(tmp_path):
+    from uois_sam_ros.core.data.sources import FolderSource
+
+    flat = L.write_flat_folder(tmp_path / "flat", labels=(0, 2))
+    sub = L.write_folder(tmp_path / "sub")
+    ds = open_dataset("folder", flat)
+    assert ds.names == ["0000", "0001", "0002"]  # '-color' is not part of the frame name
+    for i in range(3):
+        s = ds[i]
+        rgb, depth, label, _ = L.scene(800 + i)
+        np.testing.assert_array_equal(s.rgb, rgb)
+        np.testing.assert_allclose(s.depth, depth / 1000.0, rtol=1e-6)
+        assert s.intrinsics == Intrinsics(L.INTR["fx"], L.INTR["fy"], L.INTR["cx"], L.INTR["cy"], L.W, L.H)
+        if i in (0, 2):  # labels are optional per frame
+            np.testing.assert_array_equal(s.label, label)
+        else:
+            assert s.label is None
+        _same_sample(s, FolderSource(flat, loop=False).load(i))
+    # the subfolder layout gives the same frames to both readers
+    sub_ds = open_dataset("folder", sub)
+    src = FolderSource(sub, loop=False)
+    assert len(src) == 3 and [p[0].parent.name for p in src.pairs] == ["rgb"] * 3
+    for i in range(3):
+        _same_sample(sub_ds[i], src.read())
+        np.testing.assert_array_equal(sub_ds[i].depth, ds[i].depth)
+    # other colour tokens and separators (the D435 fixture names its frames NNN-opaque-rgb-img.jpg)
+    other = L.write_flat_folder(tmp_path / "rgbimg", n=2, labels=(), token="opaque-rgb-img")
+    assert open_dataset("folder", other).names == ["0000-opaque", "0001-opaque"]
+
+
+def test_folder_layout_errors(tmp_path):
+    from uois_sam_ros.core.data.datasets import discover_folder
+    from uois_sam_ros.core.data.sources import FolderSource, SourceError
+
+    # colour without depth: the dataset reader gives depth None, the camera source refuses it
+    part = L.write_flat_folder(tmp_path / "part", depth=False)
+    assert open_dataset("folder", part)[0].depth is None
+    with pytest.raises(SourceError, match="no colour/depth pairs"):
+        FolderSource(part)
+    import shutil
+
+    shutil.copy(L.write_flat_folder(tmp_path / "one", n=1) / "0000-depth.png", part / "0000-depth.png")
+    with pytest.raises(SourceError, match=r"2 colour image\(s\) without depth, e.g. 0001-color.png"):
+        FolderSource(part)
+    dup = L.write_flat_folder(tmp_path / "dup", n=1)
+    shutil.copy(dup / "0000-color.png", dup / "0000-rgb.png")
+    with pytest.raises(DatasetError, match="0000-color.png and 0000-rgb.png .* are both frame '0000'"):
+        discover_folder(dup)
+    with pytest.raises(DatasetError, match="no images under .*NNNN-color.png"):
+        discover_folder(tmp_path / "one" / "..")  # only sub-folders, no frames
+    # camera.json for another size: a uniform resize scales the intrinsics, another aspect ratio is an error
+    cam = tmp_path / "one" / "camera.json"
+    cam.write_text(json.dumps({**L.INTR, "width": 2 * L.W, "height": 2 * L.H}))
+    s = open_dataset("folder", tmp_path / "one")[0]
+    assert s.intrinsics == Intrinsics(L.INTR["fx"] / 2, L.INTR["fy"] / 2, L.INTR["cx"] / 2, L.INTR["cy"] / 2, L.W, L.H)
+    assert FolderSource(tmp_path / "one").read().intrinsics == s.intrinsics
+    cam.write_text(json.dumps({**L.INTR, "width": 100, "height": 100}))
+    with pytest.raises(DatasetError, match="is for 100x100, the image is 64x48"):
+        open_dataset("folder", tmp_path / "one")[0]
+    with pytest.raises(SourceError, match="is for 100x100"):
+        FolderSource(tmp_path / "one").read()
+
+
+def test_shared_fixture_folders_read_directly(real_rgbd_dir):
+    from uois_sam_ros.core.data.sources import FolderSource
+
+    ds = open_dataset("folder", real_rgbd_dir)
+    src = FolderSource(real_rgbd_dir, loop=False)
+    assert ds.names == [f"{i:04d}" for i in range(9)] and len(src) == 9
+    s = ds[0]
+    assert s.rgb.shape == (480, 640, 3) and s.intrinsics.fx == pytest.approx(612.937) and s.label is None
+    assert 0.2 < np.median(s.depth[s.depth > 0]) < 3.0
+    _same_sample(s, src.read())
+    d435 = real_rgbd_dir.parent / "d435_transparent"
+    if d435.is_dir():
+        ds = open_dataset("folder", d435)
+        assert len(ds) == 8 and "000000080-opaque" in ds.names and "000000080-transparent" in ds.names
+        assert ds[0].depth is not None and ds[0].label is None  # *-mask.png is not an instance label
+        assert len(FolderSource(d435)) == 8
+
+
+def test_bag_from_dataset_reads_a_flat_folder(tmp_path, capsys):
+    pytest.importorskip("rosbags")
+    from uois_sam_ros.apps import bag as app
+    from uois_sam_ros.ros import bag
+
+    flat = L.write_flat_folder(tmp_path / "flat", labels=(0, 1, 2))
+    out = tmp_path / "bag"
+    assert app.main(["-q", "from-dataset", "--dataset", "folder", "--root", str(flat), "--out", str(out)]) == 0
+    assert "wrote 3 frames (folder)" in capsys.readouterr().out
+    frames = bag.read_frames(out)
+    assert [f.name for f in frames] == ["0000", "0001", "0002"]
+    np.testing.assert_array_equal(frames[2].label, L.scene(802)[2])
+
+
+def test_uoais_sim_duplicate_image_entries_are_one_frame_with_all_annotations(tmp_path):
+    ann = L.write_uoais(tmp_path / "U")
+    root = tmp_path / "U"
+    before = open_dataset("uoais-sim", root, ann)
+    ref = [before[i] for i in range(len(before))]
+    doc = json.loads(ann.read_text())
+    # one image entry per annotation, as some exporters write them (ids interleaved with the others)
+    images, next_id = list(doc["images"]), 1000
+    for a in doc["annotations"]:
+        im = next(i for i in doc["images"] if i["id"] == a["image_id"])
+        images.append({**im, "id": next_id})
+        a["image_id"] = next_id
+        next_id += 1
+    images.append(dict(images[0]))  # and one entry listed twice, same id
+    doc["images"] = images
+    ann.write_text(json.dumps(doc))
+    ds = open_dataset("uoais-sim", root, ann)
+    assert len(ds) == 3 and ds.names == before.names  # each file once, in the original order
+    for i, r in enumerate(ref):
+        s = ds[i]
+        np.testing.assert_array_equal(s.label, r.label)  # the union of the entries' instances
+        np.testing.assert_array_equal(s.amodal, r.amodal)
+        assert len(s.amodal) == 3
+    assert len(open_dataset("uoais-sim", root, ann, sample_every=2)) == 2
+    doc["images"][-2]["depth_file_name"] = "images/depth/other.png"
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(DatasetError, match="both list images/color/.* but disagree on depth_file_name"):
+        open_dataset("uoais-sim", root, ann)

@@ -102,3 +102,26 @@ def test_intrinsics_option_fills_a_dataset_without_them(tmp_path, capsys):
     rc = main(["--dataset", "folder", "--root", str(bare), "--method", "weights_free", "--no-progress",
                "--intrinsics", "60,61,32,24", "--json", str(out)])
     assert rc == 0 and json.loads(out.read_text())["images"] == 1
+
+
+def test_flat_folder_layout_scores_and_runs(tmp_path, capsys):
+    """The camera fixtures' flat layout (NNNN-color.png + NNNN-depth.png [+ NNNN-label.png]) works too."""
+    root = L.write_flat_folder(tmp_path / "flat", labels=(0, 1, 2))
+    preds = tmp_path / "p"
+    preds.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(preds / f"{i:04d}.png"), L.scene(800 + i)[2].astype(np.uint16))  # paired by frame name
+    out = tmp_path / "m.json"
+    assert main(["--dataset", "folder", "--root", str(root), "--predictions", str(preds), "--json", str(out),
+                 "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["images"] == 3 and doc["means"]["OF"] == pytest.approx(100.0)
+    capsys.readouterr()
+
+
+def test_method_runs_on_the_shared_fixture_folder_as_it_is(real_rgbd_dir, tmp_path, capsys):
+    preds = tmp_path / "p"
+    assert main(["--dataset", "folder", "--root", str(real_rgbd_dir), "--method", "weights_free", "--limit", "1",
+                 "--save-predictions", str(preds), "--no-progress"]) == 0
+    lab = cv2.imread(str(preds / "0000.png"), cv2.IMREAD_UNCHANGED)
+    assert lab.shape == (480, 640) and lab.max() >= 1  # objects found on the real tabletop

@@ -65,3 +65,46 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     torch.save(blob, bad)
     with pytest.raises(CheckpointError, match=r"mismatched shapes: mlp.layers.0.weight: file \(128, 512\)"):
         load_hdnet(bad)
+
+
+def test_sam_record_check_and_old_checkpoints_without_it(tmp_path):
+    import warnings
+
+    from uois_sam_ros.core.segment.hdnet import HDNetSamWarning, sam_record
+
+    net = HDNet().eval()
+    rec = sam_record("vit_tiny", None, 256)  # random SAM weights: no hash
+    assert rec == {"model_type": "vit_tiny", "image_size": 256, "checkpoint_sha256": None}
+    save_hdnet(tmp_path / "new.pt", net, sam=rec)
+    assert load_hdnet(tmp_path / "new.pt", sam_model_type="vit_tiny").sam_record == rec
+    with pytest.raises(CheckpointError, match=r"trained on SAM vit_tiny, but the SAM in use is vit_b.*--sam-type vit_b"):
+        load_hdnet(tmp_path / "new.pt", sam_model_type="vit_b")
+    fake = tmp_path / "sam.pth"
+    fake.write_bytes(b"weights")
+    with pytest.warns(HDNetSamWarning, match="trained on SAM vit_tiny random weights, but the SAM in use has the checkpoint"):
+        load_hdnet(tmp_path / "new.pt", sam_model_type="vit_tiny", sam_checkpoint=fake)
+    # a version-1 file (no 'sam' record) still loads, and nothing is checked
+    blob = torch.load(tmp_path / "new.pt", weights_only=True)
+    del blob["sam"]
+    blob["version"] = 1
+    torch.save(blob, tmp_path / "old.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = load_hdnet(tmp_path / "old.pt", sam_model_type="vit_h", sam_checkpoint=fake)
+    assert old.sam_record is None
+
+
+def test_pipeline_refuses_an_hdnet_trained_on_another_sam_type(tmp_path):
+    from uois_sam_ros.core.config import config_from_dict
+    from uois_sam_ros.core.segment.hdnet import sam_record
+    from uois_sam_ros.core.segment.pipeline import UOISPipeline
+
+    save_hdnet(tmp_path / "h.pt", HDNet(), sam=sam_record("vit_b", None))
+    cfg = config_from_dict({"sam": {"model_type": "vit_tiny", "allow_random_weights": True, "image_size": 128},
+                            "hdnet": {"checkpoint": str(tmp_path / "h.pt")},
+                            "pipeline": {"method": "heatmap_hdnet"}})
+    with pytest.raises(CheckpointError, match="trained on SAM vit_b, but the SAM in use is vit_tiny"):
+        UOISPipeline(cfg, part="masks")  # the segmentation side loads SAM + HDNet
+    save_hdnet(tmp_path / "h.pt", HDNet(), sam=sam_record("vit_tiny", None, 128))
+    p = UOISPipeline(cfg, part="masks")
+    assert p.uses_hdnet and p.hdnet.sam_record["model_type"] == "vit_tiny"

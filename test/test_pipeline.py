@@ -165,6 +165,14 @@ def test_weights_free_finds_the_rendered_objects():
         gt = np.stack([s.label == i for i in ids])
         assert mask_iou(gt, inst.masks).max(axis=1).min() > 0.7
         assert {"prompts", "embedding", "decode", "postprocess", "total"} <= set(inst.timings)
+        # no SAM ran: sam_iou is NaN (Instance.msg), the score is the geometric confidence
+        assert np.isnan(inst.sam_iou).all() and np.isfinite(inst.scores).all()
+    from std_msgs.msg import Header
+
+    from uois_sam_ros.ros.convert import instances_to_msg
+
+    msg = instances_to_msg(inst, Header(frame_id="camera"))
+    assert len(msg.instances) == len(inst) and all(np.isnan(it.sam_iou) for it in msg.instances)
 
 
 def test_weights_free_needs_depth(scene):
@@ -173,3 +181,77 @@ def test_weights_free_needs_depth(scene):
     p = UOISPipeline(config_from_dict({"pipeline": {"method": "weights_free"}}))
     with pytest.raises(FrameError, match="needs depth"):
         p.run(Frame(rgb=scene.rgb, intrinsics=scene.intrinsics))
+
+
+# --------------------------------------------------------------------------- Table IV row 1 = AMG
+def _amg_scene() -> np.ndarray:
+    rgb = np.zeros((96, 128, 3), np.uint8)  # three flat blocks: the random SAM gives varied masks
+    rgb[10:40, 10:50] = (255, 0, 0)
+    rgb[50:90, 70:120] = (0, 255, 0)
+    rgb[20:70, 60:80] = (0, 0, 255)
+    return rgb
+
+
+@pytest.fixture(scope="module")
+def amg_sam():
+    """A tiny random SAM whose logits reach beyond +-1, so that stability scores are not all 0."""
+    from uois_sam_ros.core.segment.sam_backend import build_sam_architecture
+
+    torch.manual_seed(1)
+    model = build_sam_architecture("vit_tiny", 256)
+    with torch.no_grad():
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(40.0)
+    return model
+
+
+def test_grid_method_equals_segment_anythings_automatic_mask_generator(amg_sam):
+    from segment_anything import SamAutomaticMaskGenerator
+
+    rgb = _amg_scene()
+    n = 6
+    free = SamAutomaticMaskGenerator(amg_sam, points_per_side=n, pred_iou_thresh=0.0,
+                                     stability_score_thresh=0.0, box_nms_thresh=1.0).generate(rgb)
+    assert len(free) == 3 * n * n  # nothing filtered: every multimask candidate of every point
+    # thresholds at low quantiles, so that each filter removes some candidates and keeps others
+    iou_t = float(np.quantile([a["predicted_iou"] for a in free], 0.25))
+    stab_t = float(np.quantile([a["stability_score"] for a in free], 0.25))
+    neutral = {"nms_iou": 1.0, "max_box_height": 10_000, "max_box_width": 10_000, "min_area": 0}
+    kept = {}
+    for box_nms in (1.0, 0.99):  # 0.99: identical full-image boxes are suppressed, distinct ones kept
+        ref = SamAutomaticMaskGenerator(amg_sam, points_per_side=n, pred_iou_thresh=iou_t,
+                                        stability_score_thresh=stab_t, box_nms_thresh=box_nms).generate(rgb)
+        cfg = _cfg("grid", pipeline={"grid_points": n, "grid_box_nms": box_nms},
+                   hdnet={"sam_iou_threshold": iou_t, "stability_threshold": stab_t}, postprocess=neutral)
+        assert cfg.pipeline.grid_exact  # the default
+        p = UOISPipeline(cfg, sam_model=amg_sam)
+        inst = kept[box_nms] = p.run(Frame(rgb=rgb))
+        assert 0 < len(inst) == len(ref) < len(free)
+        ref = sorted(ref, key=lambda a: -a["predicted_iou"])
+        for i, a in enumerate(ref):
+            np.testing.assert_array_equal(inst.masks[i], a["segmentation"])
+            assert inst.scores[i] == np.float32(a["predicted_iou"]) == inst.sam_iou[i]
+            np.testing.assert_array_equal(inst.prompts[i], np.float32(a["point_coords"][0]))
+        if box_nms == 1.0:  # several candidates of one point survive: not one mask per prompt
+            _, counts = np.unique(inst.prompts, axis=0, return_counts=True)
+            assert counts.max() > 1
+    # the pipeline's common NMS and size filter then apply to AMG's output
+    strict = _cfg("grid", pipeline={"grid_points": n, "grid_box_nms": 1.0},
+                  hdnet={"sam_iou_threshold": iou_t, "stability_threshold": stab_t},
+                  postprocess={**neutral, "nms_iou": 0.3})
+    filtered = UOISPipeline(strict, sam_model=amg_sam).run(Frame(rgb=rgb))
+    assert len(kept[1.0]) > len(kept[0.99]) > 1  # the box NMS did suppress some
+    assert 0 < len(filtered) < len(kept[1.0])
+    if len(filtered) > 1:
+        iou = mask_iou(filtered.masks, filtered.masks)
+        assert iou[~np.eye(len(filtered), dtype=bool)].max() <= 0.3
+
+
+def test_grid_low_res_approximation_keeps_one_mask_per_prompt(amg_sam):
+    rgb = _amg_scene()
+    cfg = _cfg("grid", pipeline={"grid_points": 4, "grid_exact": False},
+               hdnet={"sam_iou_threshold": -1e9, "stability_threshold": 0.0},
+               postprocess={"nms_iou": 1.0, "max_box_height": 10_000, "max_box_width": 10_000, "min_area": 0})
+    inst = UOISPipeline(cfg, sam_model=amg_sam).run(Frame(rgb=rgb))
+    assert len(inst) == 16  # the best candidate of each of the 4 x 4 points
+    assert len(np.unique(inst.prompts, axis=0)) == 16

@@ -164,3 +164,19 @@ def test_pickled_object_checkpoint_is_refused_without_unsafe_advice(tmp_path):
 
 class OpaqueObject:
     """A class torch's weights_only unpickler does not allow (module level, so it pickles)."""
+
+
+def test_generate_amg_edge_cases(segmenter):
+    empty = segmenter.generate_amg(np.zeros((0, 2)))
+    assert empty.masks.shape == (0, 120, 160) and empty.iou_pred.shape == (0,) and empty.points.shape == (0, 2)
+    # nothing passes an IoU threshold above every prediction: empty, not an error
+    none = segmenter.generate_amg(np.array([[80.0, 60.0], [20.0, 100.0]]), pred_iou_thresh=10.0)
+    assert len(none.masks) == 0
+    # no filters: all 3 candidates per point (box NMS at IoU 1.0 suppresses nothing)
+    allc = segmenter.generate_amg(np.array([[80.0, 60.0], [20.0, 100.0]]), pred_iou_thresh=0.0,
+                                  stability_score_thresh=0.0, box_nms_thresh=1.0)
+    assert allc.masks.shape == (6, 120, 160) and allc.masks.dtype == bool
+    assert np.all(np.diff(allc.iou_pred) <= 0)  # AMG's order: box NMS keeps the best first
+    fresh = SamSegmenter(SamConfig(model_type="vit_tiny", allow_random_weights=True, image_size=256))
+    with pytest.raises(RuntimeError, match="call set_frame before generate_amg"):
+        fresh.generate_amg(np.zeros((1, 2)))

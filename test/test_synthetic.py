@@ -63,8 +63,8 @@ def _world_points(s, depth):
     h, w = depth.shape
     K = s.intrinsics.K
     v, u = np.mgrid[0:h, 0:w]
-    x = (u + 0.5 - K[0, 2]) / K[0, 0] * depth
-    y = (v + 0.5 - K[1, 2]) / K[1, 1] * depth
+    x = (u - K[0, 2]) / K[0, 0] * depth  # integer pixel coordinates are pixel centres
+    y = (v - K[1, 2]) / K[1, 1] * depth
     pc = np.stack([x, y, depth], -1)
     return pc @ s.cam_to_world[:3, :3].T + s.cam_to_world[:3, 3]
 

@@ -229,3 +229,71 @@ def test_train_hpg_cli_reads_uoais_layout_with_separate_annotations(tmp_path):
     rows = (tmp_path / "log.csv").read_text().strip().splitlines()
     assert len(rows) == 2 and rows[0].startswith("epoch")
     assert json.loads(moved.read_text())["images"][0]["file_name"].startswith("color/")
+
+
+def _tiny_sam_file(path, seed: int):
+    from uois_sam_ros.core.segment.sam_backend import build_sam_architecture
+
+    torch.manual_seed(seed)
+    torch.save(build_sam_architecture("vit_tiny", 128).state_dict(), path)
+    return path
+
+
+def _sam_from(path):
+    from uois_sam_ros.core.segment.sam_backend import SamSegmenter
+
+    return SamSegmenter(SamConfig(model_type="vit_tiny", checkpoint=str(path), image_size=128, device="cpu"))
+
+
+def test_feature_cache_is_keyed_by_image_content_not_name(tiny_sam, tmp_path):
+    from uois_sam_ros.core.types import Sample
+
+    a, b = (generate_scene(s, SceneConfig(width=80, height=60)).sample() for s in (1, 2))
+    same_name = [Sample(a.rgb, None, None, a.label, "frame.png"), Sample(b.rgb, None, None, b.label, "frame.png")]
+    for root in (tmp_path / "disk", None):  # on disk and in memory
+        cache = thd.FeatureCache(root, "sam")
+        fa, fb = (cache.get(tiny_sam, s).features for s in same_name)
+        assert cache.misses == 2 and cache.hits == 0  # the second image did not reuse the first's entry
+        assert not torch.equal(fa, fb)
+        torch.testing.assert_close(cache.get(tiny_sam, Sample(a.rgb.copy(), None, None, None, "other")).features, fa)
+        assert cache.hits == 1  # the same pixels under another name are a hit
+    assert len(list((tmp_path / "disk" / "sam").glob("*.pt"))) == 2
+
+
+def test_hdnet_training_records_its_sam_and_never_reuses_another_sams_cache(tmp_path):
+    import shutil
+    import warnings
+
+    from uois_sam_ros.core.segment.hdnet import HDNetSamWarning, load_hdnet
+    from uois_sam_ros.core.weights import CheckpointError, sha256_file
+
+    sam_a = _tiny_sam_file(tmp_path / "sam_a.pth", 0)
+    sam_b = _tiny_sam_file(tmp_path / "sam_b.pth", 1)
+    copy_a = tmp_path / "elsewhere" / "renamed.pth"
+    copy_a.parent.mkdir()
+    shutil.copy(sam_a, copy_a)
+    seg_a, seg_b, seg_a2 = _sam_from(sam_a), _sam_from(sam_b), _sam_from(copy_a)
+    assert thd.sam_cache_key(seg_a) != thd.sam_cache_key(seg_b)
+    assert thd.sam_cache_key(seg_a) == thd.sam_cache_key(seg_a2)  # content, not the file's name
+    data = [generate_scene(s, SceneConfig(width=80, height=60, min_objects=2)).sample() for s in (1, 2, 3)]
+    kw = {"epochs": 1, "num_prompts": 4, "num_bg": 2, "images_per_step": 2, "cache_dir": tmp_path / "cache",
+          "progress": False}
+    run_a = thd.train_hdnet(seg_a, data[:2], data[2:], tmp_path / "a.pt", **kw)
+    run_b = thd.train_hdnet(seg_b, data[:2], data[2:], tmp_path / "b.pt", **kw)
+    run_a2 = thd.train_hdnet(seg_a2, data[:2], data[2:], tmp_path / "a2.pt", **kw)
+    assert run_a["history"][0]["cache_misses"] == 3
+    assert run_b["history"][0]["cache_misses"] == 3  # another SAM: every embedding computed again
+    assert run_a2["history"][0]["cache_misses"] == 0  # the same weights under another name: all hits
+    # the checkpoint records the SAM it was trained on
+    net = load_hdnet(tmp_path / "a.pt")
+    assert net.sam_record == {"model_type": "vit_tiny", "image_size": 128, "checkpoint_sha256": sha256_file(sam_a)}
+    with pytest.raises(CheckpointError, match="trained on SAM vit_tiny, but the SAM in use is vit_l"):
+        load_hdnet(tmp_path / "a.pt", sam_model_type="vit_l", sam_checkpoint=sam_a)
+    with pytest.warns(HDNetSamWarning, match=f"sha256 {sha256_file(sam_a)[:12]}..., but the SAM in use has "
+                                             f"sha256 {sha256_file(sam_b)[:12]}"):
+        load_hdnet(tmp_path / "a.pt", sam_model_type="vit_tiny", sam_checkpoint=sam_b)
+    with pytest.warns(HDNetSamWarning, match="but the SAM in use has random weights"):
+        load_hdnet(tmp_path / "a.pt", sam_model_type="vit_tiny", sam_checkpoint=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_hdnet(tmp_path / "a.pt", sam_model_type="vit_tiny", sam_checkpoint=copy_a)  # same weights: silent

@@ -33,16 +33,30 @@ def node_class(spec: NodeSpec) -> type[Node]:
     return getattr(importlib.import_module(module), cls)
 
 
+class GraphStartError(RuntimeError):
+    """A node of the graph could not be configured; the message names the node and the reason."""
+
+
 def build_nodes(specs: list[NodeSpec], context: Context | None = None,
                 extra_kwargs: dict[str, dict[str, Any]] | None = None) -> list[Node]:
-    """Instantiate every node of the description; on a failure, destroy the ones already made."""
+    """Instantiate every node of the description and, where its ``autostart`` parameter says so
+    (the default), configure and activate it, as a process started by ``ros2 launch`` does by
+    itself. A node that fails to configure raises GraphStartError with its one-line reason (the
+    node does not log it too); on any failure the nodes already made are destroyed."""
     nodes: list[Node] = []
     try:
         for spec in specs:
             overrides = [Parameter(k, value=v) for k, v in spec.parameters.items()]
             kwargs = dict((extra_kwargs or {}).get(spec.name, {}))
-            nodes.append(node_class(spec)(spec.name, namespace=spec.namespace, parameter_overrides=overrides,
-                                          cli_args=remap_cli_args(spec), context=context, **kwargs))
+            node = node_class(spec)(spec.name, namespace=spec.namespace, parameter_overrides=overrides,
+                                    cli_args=remap_cli_args(spec), context=context, **kwargs)
+            nodes.append(node)
+            if spec.parameters.get("autostart", True) and hasattr(node, "autostart"):
+                node.quiet_configure = True
+                if not node.autostart():
+                    reason = node.configure_failure or node.last_error or "activate failed"
+                    raise GraphStartError(f"node {spec.name!r} could not be configured: {reason}")
+                node.quiet_configure = False
     except BaseException:
         for n in nodes:
             n.destroy_node()
@@ -91,6 +105,9 @@ def run(argv: list[str] | None = None) -> int:
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except GraphStartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

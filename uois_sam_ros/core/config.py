@@ -29,7 +29,7 @@ class SamConfig:
 
     model_type: str = "vit_l"  # SAM architecture; vit_t is MobileSAM
     checkpoint: str | None = None  # path to the official .pth/.pt; never downloaded at run time
-    device: str = "cpu"  # cpu | cuda | cuda:N
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
     multimask_output: bool = True  # 3 masks per prompt from SAM's multimask tokens (HDNet scores 4 tokens)
     allow_random_weights: bool = False  # tests/benchmarks only: random weights when there is no checkpoint
     image_size: int = 1024  # encoder input side; only the test architecture vit_tiny may change it
@@ -48,7 +48,7 @@ class HPGConfig:
     heatmap_threshold: float = 0.007  # minimum heatmap value of a peak
     top_k: int = 30  # K: the most prompts per frame (the highest heatmap peaks)
     peak_kernel: int = 3  # max-pool window for peak suppression
-    device: str = "cpu"  # cpu | cuda | cuda:N
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -104,6 +104,8 @@ class PipelineConfig:
     method: str = "auto"  # auto | uois_sam | grid | grid_fg | heatmap | heatmap_hdnet | weights_free
     weights_free_prompts: str = "geometric"  # prompt source of the weights-free method
     grid_points: int = 32  # points per side of the SAM automatic-generator grid
+    grid_exact: bool = True  # grid, grid_fg: SamAutomaticMaskGenerator exactly (full-res); false = faster low-res approximation
+    grid_box_nms: float = 0.7  # grid_exact: AMG's box NMS IoU (box_nms_thresh) before the common filters
     decode_batch: int = 64  # prompts decoded per batch (memory bound on CPU)
     weights_free_min_score: float = 0.3  # weights-free segmenter: keep a region above this confidence
     seed: int = 1  # seed of the random parts of a method, so that a frame always gives the same result
@@ -120,6 +122,37 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+
+
+def resolve_device(name: str | None) -> str:
+    """The torch device string a config's device value means: 'auto' is CUDA when
+    ``torch.cuda.is_available()``, else CPU. One function, so every model of a process agrees.
+
+    Asking for CUDA where there is none is an error, not a silent fallback to CPU: a robot
+    configured for the GPU should not quietly run ten times slower. Raises ConfigError.
+    """
+    import torch  # lazy: the config tree itself stays importable without torch
+
+    raw = "auto" if name is None else str(name)
+    s = raw.strip().lower()
+    if s in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if s == "cpu":
+        return "cpu"
+    if s == "cuda" or s.startswith("cuda:"):
+        idx = s[5:] if s.startswith("cuda:") else "0"
+        if not idx.isdigit():
+            raise ConfigError(f"device {raw!r} is not valid; use {DEVICE_HELP}")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {raw!r}: CUDA is not available on this machine; use auto or cpu")
+        n = torch.cuda.device_count()
+        if int(idx) >= n:
+            raise ConfigError(f"device {raw!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+        return s
+    raise ConfigError(f"device {raw!r} is not valid; use {DEVICE_HELP}")
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -56,7 +56,7 @@ class CameraNode(ManagedNode):
         else:
             try:
                 self.source = open_source(p["source"], p, rs_loader=import_pyrealsense2,
-                                          log=self.get_logger().warning)
+                                          log=self.get_logger().warning, info=self.get_logger().info)
             except (SourceError, OSError, ImportError) as e:
                 raise SourceError(f"camera source {p['source']!r} cannot be opened: {e}") from None
         self.pub_color = self.create_lifecycle_publisher(Image, COLOR_TOPIC, IMAGE_QOS)

@@ -93,7 +93,7 @@ CAMERA_PARAMS: tuple[ParamSpec, ...] = _LIFECYCLE + (
     ParamSpec("height", "int", 0, "image height (0 = the source's own; RealSense 480)", True, min=0),
     ParamSpec("seed", "int", 0, "synthetic: seed of the first scene (scene i uses seed + i)", True),
     ParamSpec("count", "int", 0, "synthetic: number of scenes, then stop (0 = endless)", True, min=0),
-    ParamSpec("folder", "string", "", "folder: directory of NNNN-color.png + NNNN-depth.png and camera.json",
+    ParamSpec("folder", "string", "", "folder: directory with camera.json and NNNN-color.png + NNNN-depth.png (or rgb/ + depth/)",
               True),
     ParamSpec("loop", "bool", True, "folder/dataset: start again after the last frame", True),
     ParamSpec("dataset_kind", "string", "", "dataset: reader name (ocid, osd, ...)", True),

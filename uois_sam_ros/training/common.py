@@ -32,9 +32,13 @@ class TrainingError(ValueError):
 
 
 def pick_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    """--device through core.config.resolve_device ('auto' = cuda when available, else cpu)."""
+    from uois_sam_ros.core.config import ConfigError, resolve_device
+
+    try:
+        return torch.device(resolve_device(name))
+    except ConfigError as e:
+        raise TrainingError(f"--device: {e}") from None
 
 
 @dataclass

@@ -6,6 +6,10 @@ the target of each token (eq. 6) is IoU(SAM mask, GT mask) for object prompts an
 background prompts; the loss is the MSE between the adapted IoU (SAM IoU + HDNet) and the
 target (eq. 7). SAM is frozen, so its image embeddings are computed once and cached on
 disk: every epoch after the first skips the encoder, and prompts are re-sampled each epoch.
+
+The cache is keyed by content, never by names: one folder per SAM (model type, image size and
+the sha256 of its checkpoint file, or of its random weights), one file per image (the sha256 of
+its RGB array). The checkpoint records the SAM it was trained on (core.segment.hdnet.sam_record).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uois_sam_ros.core.config import SamConfig
-from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet, save_hdnet
+from uois_sam_ros.core.config import SamConfig, resolve_device
+from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet, sam_record, save_hdnet
 from uois_sam_ros.core.segment.sam_backend import SamSegmenter
 from uois_sam_ros.core.types import Frame, Prompts, Sample
 from uois_sam_ros.training.common import (
@@ -32,7 +36,6 @@ from uois_sam_ros.training.common import (
     HelpFormatter,
     TrainingError,
     fraction_indices,
-    pick_device,
 )
 
 
@@ -78,8 +81,37 @@ class CachedImage:
     original_size: tuple[int, int]
 
 
+def image_key(rgb: np.ndarray) -> str:
+    """sha256 of an image's pixels (with its shape and dtype): two images that share a file name
+    never share a cache entry, and the same pixels under another name do."""
+    a = np.ascontiguousarray(rgb)
+    h = hashlib.sha256(f"{a.shape}|{a.dtype}|".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over a model's parameters and buffers (names, shapes and bytes), for weights with no file."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        c = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(c.shape)}|{c.dtype}|".encode())
+        h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes() if c.numel() else b"")
+    return h.hexdigest()
+
+
+def sam_cache_key(seg: SamSegmenter, record: dict | None = None) -> str:
+    """The cache folder of one SAM: model type, encoder size and the content hash of its weights
+    (the checkpoint file's sha256; random weights: 'random-' + the hash of the weights themselves,
+    which the seed determines)."""
+    record = record or sam_record(seg.cfg.model_type, seg.cfg.checkpoint, seg.encoder_size)
+    digest = record.get("checkpoint_sha256")
+    weights = digest[:32] if digest else "random-" + weights_sha256(seg.model)[:24]
+    return f"{record['model_type']}_{record['image_size']}_{weights}"
+
+
 class FeatureCache:
-    """SAM image embeddings on disk, keyed by model and image name, so the encoder runs once."""
+    """SAM image embeddings on disk (or in memory without a root): root/<sam key>/<image sha256>.pt."""
 
     def __init__(self, root: str | Path | None, model_key: str) -> None:
         self.root = Path(root) / model_key if root else None
@@ -88,16 +120,17 @@ class FeatureCache:
         self.mem: dict[str, CachedImage] = {}
         self.hits = self.misses = 0
 
-    def _path(self, name: str) -> Path | None:
+    def _path(self, key: str) -> Path | None:
         if self.root is None:
             return None
-        return self.root / (hashlib.sha1(name.encode()).hexdigest()[:20] + ".pt")
+        return self.root / f"{key[:40]}.pt"
 
     def get(self, seg: SamSegmenter, sample: Sample) -> CachedImage:
-        if sample.name in self.mem:
+        key = image_key(sample.rgb)
+        if key in self.mem:
             self.hits += 1
-            return self.mem[sample.name]
-        p = self._path(sample.name)
+            return self.mem[key]
+        p = self._path(key)
         if p is not None and p.is_file():
             blob = torch.load(p, map_location="cpu", weights_only=True)
             c = CachedImage(blob["features"], tuple(blob["input_size"]), tuple(blob["original_size"]))
@@ -107,11 +140,13 @@ class FeatureCache:
             pr = seg.predictor
             c = CachedImage(pr.features.detach().cpu(), tuple(pr.input_size), tuple(pr.original_size))
             if p is not None:
+                tmp = p.with_suffix(".tmp")
                 torch.save({"features": c.features, "input_size": list(c.input_size),
-                            "original_size": list(c.original_size)}, p)
+                            "original_size": list(c.original_size)}, tmp)
+                tmp.replace(p)  # a run killed mid-write leaves no truncated entry behind
             self.misses += 1
         if self.root is None:
-            self.mem[sample.name] = c
+            self.mem[key] = c
         return c
 
 
@@ -157,7 +192,8 @@ def train_hdnet(seg: SamSegmenter, train: list[Sample], val: list[Sample], out: 
                 num_bg: int = 10, images_per_step: int = 4, cache_dir: str | Path | None = None,
                 seed: int = 0, log: str | Path | None = None, max_minutes: float = 0.0,
                 meta: dict | None = None, progress: bool = True) -> dict:
-    """Train HDNet on frozen-SAM tokens; keeps the lowest-validation-loss checkpoint at out."""
+    """Train HDNet on frozen-SAM tokens; keeps the lowest-validation-loss checkpoint at out, which
+    records the SAM (model type, image size, checkpoint sha256) from seg.cfg."""
     from tqdm import tqdm
 
     if not train or not val:
@@ -166,8 +202,8 @@ def train_hdnet(seg: SamSegmenter, train: list[Sample], val: list[Sample], out: 
     dev = seg.device
     model = HDNet().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    key = f"{seg.name}_{seg.encoder_size}"
-    cache = FeatureCache(cache_dir, key)
+    record = sam_record(seg.cfg.model_type, seg.cfg.checkpoint, seg.encoder_size)
+    cache = FeatureCache(cache_dir, sam_cache_key(seg, record))
     csv = CsvLog(log, ["epoch", "train_loss", "val_loss", "val_sam_only", "best", "seconds",
                        "cache_hits", "cache_misses"]) if log else None
     best = math.inf
@@ -191,7 +227,7 @@ def train_hdnet(seg: SamSegmenter, train: list[Sample], val: list[Sample], out: 
         if improved:
             best = vl
             save_hdnet(out, model, {**(meta or {}), "epoch": epoch + 1, "val_loss": vl, "val_sam_only": v_sam,
-                                    "sam": seg.name, "num_prompts": num_prompts, "num_bg": num_bg})
+                                    "sam": seg.name, "num_prompts": num_prompts, "num_bg": num_bg}, sam=record)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": vl, "val_sam_only": v_sam,
                "best": int(improved), "seconds": time.time() - t0, "cache_hits": cache.hits,
                "cache_misses": cache.misses}
@@ -275,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default="out/sam_features", help="where SAM embeddings are cached")
     p.add_argument("--out", required=True, help="HDNet checkpoint path (best validation loss)")
     p.add_argument("--log", help="CSV log (default OUT with .csv)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, prompt sampling and splits")
     p.add_argument("--max-minutes", type=float, default=0.0,
@@ -284,11 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.threads > 0:
             torch.set_num_threads(a.threads)
-        pick_device(a.device)
+        device = resolve_device(a.device)  # ConfigError (a ValueError): one line, status 2
         from uois_sam_ros.core.weights import CheckpointError
 
+        torch.manual_seed(a.seed)  # random SAM weights (--allow-random-sam) follow the seed
         try:
-            seg = SamSegmenter(SamConfig(model_type=a.sam_type, checkpoint=a.sam_checkpoint, device=a.device,
+            seg = SamSegmenter(SamConfig(model_type=a.sam_type, checkpoint=a.sam_checkpoint, device=device,
                                          allow_random_weights=a.allow_random_sam, image_size=a.sam_image_size))
         except CheckpointError as e:
             raise TrainingError(str(e)) from None

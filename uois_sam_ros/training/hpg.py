@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "dinov2_vits14: about 88 MB (frozen backbone stored, so it loads on its own)")
     o.add_argument("--log", help="CSV log path (default: OUT with .csv)")
     o.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt state")
-    o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    o.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     o.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     o.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the data-fraction subset")
     o.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this budget")
@@ -398,6 +398,7 @@ def evaluate_checkpoint(ckpt: str | Path, val: ArraySet, device: str = "cpu", se
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
+        a.device = str(pick_device(a.device))  # 'auto' -> the device torch is given
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         dh, dw = DEFAULT_INPUT.get(a.backbone, (240, 320))

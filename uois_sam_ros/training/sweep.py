@@ -21,6 +21,7 @@ from uois_sam_ros.training.common import (
     TrainingError,
     dataset_arrays,
     fraction_indices,
+    pick_device,
     synthetic_arrays,
 )
 from uois_sam_ros.training.hpg import DEFAULT_SIGMA, evaluate_hpg, train_hpg
@@ -77,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=16, help="CNN base width")
     p.add_argument("--input-height", type=int, default=240, help="HPG input height, px")
     p.add_argument("--input-width", type=int, default=320, help="HPG input width, px")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes, subsets and initialisation")
     p.add_argument("--out", default="out/sweep", help="folder for checkpoints, logs and table_v.csv/md")
     a = p.parse_args(argv)
     try:
+        a.device = str(pick_device(a.device))  # 'auto' -> the device torch is given
         fr = [float(x) for x in a.fractions.split(",") if x.strip()]
         if not fr:
             raise TrainingError("--fractions is empty")

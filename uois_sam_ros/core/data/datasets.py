@@ -12,9 +12,11 @@ are videos; the papers use 1 in 10), `limit` caps the count after that.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -377,6 +379,36 @@ def read_housecat6d(root: Path, sample_every: int = 1, limit: int | None = None)
 
 
 # ------------------------------------------------------------------------------------ UOAIS-Sim (COCO)
+_IMAGE_FIELDS = ("depth_file_name", "width", "height", "intrinsics", "K", "depth_scale")
+
+
+def _merge_image_entries(images: list, by_image: dict, where: Path) -> list[tuple[dict, list]]:
+    """One frame per file_name: some exporters write one image entry per annotation, so entries
+    that name the same file are one frame with the annotations of all of them (each annotation
+    once). Frames keep the order of their first entry by id; the entries must agree on the other
+    fields (depth file, size, intrinsics)."""
+    frames: dict[str, tuple[dict, list, set]] = {}
+    for im in sorted(images, key=lambda i: i.get("id", 0) if isinstance(i, dict) else 0):
+        if not isinstance(im, dict) or "file_name" not in im:
+            raise DatasetError(f"{where}: image entry {im.get('id') if isinstance(im, dict) else im!r} "
+                               "has no file_name")
+        fn = im["file_name"]
+        if fn not in frames:
+            frames[fn] = (dict(im), [], set())
+        merged, objs, seen = frames[fn]
+        for k in _IMAGE_FIELDS:
+            if k in im and k in merged and im[k] != merged[k]:
+                raise DatasetError(f"{where}: image entries {merged.get('id')} and {im.get('id')} both list "
+                                   f"{fn} but disagree on {k}: {merged[k]!r} vs {im[k]!r}")
+            if k in im:
+                merged[k] = im[k]
+        if im.get("id") in seen:
+            continue  # the same entry twice: its annotations count once
+        seen.add(im.get("id"))
+        objs.extend(by_image.get(im.get("id"), []))
+    return [(merged, objs) for merged, objs, _ in frames.values()]
+
+
 def read_uoais_sim(root: Path, annotations: Path | None, sample_every: int = 1,
                    limit: int | None = None) -> list:
     """UOAIS-Sim-style COCO json (file names relative to root)::
@@ -388,7 +420,8 @@ def read_uoais_sim(root: Path, annotations: Path | None, sample_every: int = 1,
 
     RLEs may be compressed strings or count lists. Depth PNGs: uint16 mm (or 'depth_scale'
     in metres per unit on the image entry). Instance k (1-based, in annotation order) is
-    drawn where its visible mask is set; amodal masks come from 'segmentation'.
+    drawn where its visible mask is set; amodal masks come from 'segmentation'. Image entries
+    that list the same file_name are one frame with all their annotations.
     A root/camera.json supplies intrinsics the images do not carry.
     """
     if annotations is None:
@@ -407,12 +440,10 @@ def read_uoais_sim(root: Path, annotations: Path | None, sample_every: int = 1,
     for a in anns:
         by_image.setdefault(a.get("image_id"), []).append(a)
     out = []
-    for im in _select(sorted(images, key=lambda i: i.get("id", 0)), sample_every, limit):
-        if "file_name" not in im:
-            raise DatasetError(f"{annotations}: image entry {im.get('id')} has no file_name")
+    for im, objs in _select(_merge_image_entries(images, by_image, annotations), sample_every, limit):
         name = _flat_name(Path(im["file_name"]))
 
-        def load(im=im, name=name, objs=by_image.get(im.get("id"), [])) -> Sample:
+        def load(im=im, name=name, objs=objs) -> Sample:
             img = read_rgb(root / im["file_name"])
             h, w = img.shape[:2]
             if (int(im.get("height", h)), int(im.get("width", w))) != (h, w):
@@ -459,42 +490,128 @@ def read_uoais_sim(root: Path, annotations: Path | None, sample_every: int = 1,
 
 
 # ------------------------------------------------------------------------------------ user folders
-def read_folder(root: Path, sample_every: int = 1, limit: int | None = None) -> list:
-    """A plain folder of user data, paired by file stem::
+# The one folder format of the package: `uois-sam-eval --dataset folder`, `uois-sam-bag from-dataset
+# --dataset folder` and the camera node's `folder` source all read it through discover_folder().
+COLOR_TOKENS = ("rgb-img", "rgb_img", "color", "colour", "rgb")
+_COLOR_RE = re.compile(r"(?:^|(?<=[-_. ]))(" + "|".join(re.escape(t) for t in COLOR_TOKENS) + r")(?=$|[-_. ])",
+                       re.IGNORECASE)
+_NOT_COLOR_RE = re.compile(r"(?:^|[-_. ])(depth|label|mask)(?:$|[-_. ])", re.IGNORECASE)
+DEPTH_EXTS = (".png", ".tif", ".tiff")
+FOLDER_HELP = ("rgb/<stem>.png (optional depth/<stem>.png, label/<stem>.png) or flat NNNN-color.png "
+               "(optional NNNN-depth.png, NNNN-label.png), plus an optional camera.json")
 
-        root/
-          rgb/<stem>.png|jpg
-          depth/<stem>.png    optional, uint16 (x depth_scale from camera.json, default 1 mm)
-          label/<stem>.png    optional, instance ids, 0 = background
-          camera.json         optional {fx, fy, cx, cy, width, height[, depth_scale]}
-    """
-    rgbs = _images(root / "rgb")
-    if not rgbs:
-        raise DatasetError(f"no images under {root / 'rgb'}: a folder dataset needs rgb/<stem>.png "
-                           "(optional depth/<stem>.png, label/<stem>.png, camera.json)")
-    cam = read_camera_json(root / "camera.json") if (root / "camera.json").is_file() else None
-    depths, labels = _by_stem(root / "depth"), _by_stem(root / "label")
+
+@dataclass(frozen=True)
+class FolderFrame:
+    """One frame of a user folder: its name (predictions are paired by it) and its files."""
+
+    name: str
+    rgb: Path
+    depth: Path | None
+    label: Path | None
+
+
+def _partner(d: Path, base: str, exts: tuple[str, ...]) -> Path | None:
+    for ext in exts:
+        p = d / f"{base}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _flat_frames(root: Path) -> list[FolderFrame]:
+    """NNNN-color.png beside NNNN-depth.png / NNNN-label.png (also -colour, -rgb, -rgb-img, any
+    separator, e.g. 000080-opaque-rgb-img.jpg + 000080-opaque-depth.png)."""
     out = []
-    for rgb in _select(rgbs, sample_every, limit):
-
-        def load(rgb=rgb) -> Sample:
-            img = read_rgb(rgb)
-            h, w = img.shape[:2]
-            dp, lp = depths.get(rgb.stem), labels.get(rgb.stem)
-            d = read_depth(dp, cam[1] if cam else 0.001) if dp else None
-            label = read_label(lp) if lp else None
-            _check_size(dp, d, img)
-            _check_size(lp, label, img)
-            intr = None
-            if cam is not None:
-                c = cam[0]
-                if (c.width, c.height) not in ((0, 0), (w, h)):
-                    raise DatasetError(f"{root / 'camera.json'} is for {c.width}x{c.height}, {rgb.name} is {w}x{h}")
-                intr = Intrinsics(c.fx, c.fy, c.cx, c.cy, w, h)
-            return Sample(img, d, intr, label, rgb.stem)
-
-        out.append((rgb.stem, load))
+    for p in _images(root):
+        if _NOT_COLOR_RE.search(p.stem):
+            continue
+        matches = list(_COLOR_RE.finditer(p.stem))
+        if not matches:
+            continue
+        m = matches[-1]  # the last colour token names the frame
+        pre, post = p.stem[: m.start()], p.stem[m.end():]
+        name = (pre.rstrip("-_. ") + ("_" if pre.strip("-_. ") and post.strip("-_. ") else "")
+                + post.lstrip("-_. ")) or p.stem
+        out.append(FolderFrame(name, p, _partner(root, f"{pre}depth{post}", DEPTH_EXTS),
+                               _partner(root, f"{pre}label{post}", (".png",))))
     return out
+
+
+def discover_folder(root: str | Path) -> list[FolderFrame]:
+    """The frames of a user folder, in either layout, sorted by name::
+
+        root/rgb/<stem>.png|jpg  [depth/<stem>.png]  [label/<stem>.png]  [camera.json]
+        root/NNNN-color.png      [NNNN-depth.png]    [NNNN-label.png]    [camera.json]
+
+    rgb/ wins when it holds images. Depth and labels are optional per frame (callers that need
+    depth say so). Raises DatasetError when there is no frame or two frames get the same name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"folder not found: {root}")
+    rgbs = _images(root / "rgb")
+    if rgbs:
+        depths, labels = _by_stem(root / "depth"), _by_stem(root / "label")
+        frames = [FolderFrame(p.stem, p, depths.get(p.stem), labels.get(p.stem)) for p in rgbs]
+    else:
+        frames = _flat_frames(root)
+    if not frames:
+        raise DatasetError(f"no images under {root}: a folder dataset needs {FOLDER_HELP}")
+    seen: dict[str, Path] = {}
+    for f in frames:
+        if f.name in seen:
+            raise DatasetError(f"{seen[f.name].name} and {f.rgb.name} in {f.rgb.parent} are both frame {f.name!r}")
+        seen[f.name] = f.rgb
+    return sorted(frames, key=lambda f: f.name)
+
+
+def folder_camera(root: str | Path, camera_json: str | Path | None = None) -> tuple[Intrinsics, float] | None:
+    """(intrinsics, metres per depth unit) from camera_json or root/camera.json; None when absent."""
+    path = Path(camera_json) if camera_json else Path(root) / "camera.json"
+    if camera_json and not path.is_file():
+        raise DatasetError(f"camera file not found: {path}")
+    return read_camera_json(path) if path.is_file() else None
+
+
+def fit_intrinsics(intr: Intrinsics, w: int, h: int, where: str | Path) -> Intrinsics:
+    """Intrinsics for a w x h image: as given for 0x0 or the same size, scaled for a uniform resize
+    (same aspect ratio); another aspect ratio (a crop) is an error."""
+    if (intr.width, intr.height) in ((0, 0), (w, h)):
+        return dataclasses.replace(intr, width=w, height=h)
+    if intr.width > 0 and intr.height > 0 and abs(w / h - intr.width / intr.height) < 0.01 * w / h:
+        return intr.scaled(w, h)
+    raise DatasetError(f"{where} is for {intr.width}x{intr.height}, the image is {w}x{h} (another aspect ratio)")
+
+
+def load_folder_frame(f: FolderFrame, cam: tuple[Intrinsics, float] | None, camera_path: str | Path = "camera.json",
+                      need_depth: bool = False) -> Sample:
+    """Read one FolderFrame: rgb, depth in metres (x the camera's depth unit, default 1 mm), labels."""
+    img = read_rgb(f.rgb)
+    h, w = img.shape[:2]
+    if need_depth and f.depth is None:
+        raise DatasetError(f"{f.rgb.name} has no depth image (expected {f.name}-depth.png or depth/{f.name}.png)")
+    d = read_depth(f.depth, cam[1] if cam else 0.001) if f.depth else None
+    label = read_label(f.label) if f.label else None
+    _check_size(f.depth, d, img)
+    _check_size(f.label, label, img)
+    intr = fit_intrinsics(cam[0], w, h, camera_path) if cam is not None else None
+    return Sample(img, d, intr, label, f.name)
+
+
+def read_folder(root: Path, sample_every: int = 1, limit: int | None = None) -> list:
+    """A plain folder of user data (see discover_folder for the two layouts)::
+
+        rgb/<stem>.png|jpg, depth/<stem>.png, label/<stem>.png    or
+        NNNN-color.png, NNNN-depth.png, NNNN-label.png
+        camera.json   optional {fx, fy, cx, cy, width, height[, depth_scale | depth_unit_m]}
+
+    Depth: uint16 x the camera's depth unit (default 1 mm). Labels: instance ids, 0 = background.
+    """
+    frames = discover_folder(root)
+    cam = folder_camera(root)
+    cam_path = root / "camera.json"
+    return [(f.name, lambda f=f: load_folder_frame(f, cam, cam_path)) for f in _select(frames, sample_every, limit)]
 
 
 # ------------------------------------------------------------------------------------ entry point

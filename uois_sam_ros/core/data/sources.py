@@ -12,15 +12,11 @@ as an argument; ROS processes get it from ``uois_sam_ros.ros.sources.import_pyre
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
-import numpy as np
-
-from uois_sam_ros.core.types import Intrinsics, Sample
+from uois_sam_ros.core.types import Sample
 
 SOURCE_KINDS = ("synthetic", "folder", "dataset", "realsense")
 
@@ -76,81 +72,61 @@ class SyntheticSource:
 
 
 # --------------------------------------------------------------------------- folder
-_COLOR_TOKENS = ("rgb-img", "color", "colour", "rgb")
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg")
-
-
-def _depth_partner(path: Path) -> Path | None:
-    """0001-color.png -> 0001-depth.png; 000080-opaque-rgb-img.jpg -> 000080-opaque-depth.png."""
-    stem = path.stem
-    for tok in _COLOR_TOKENS:
-        idx = stem.lower().rfind(tok)
-        if idx >= 0:
-            base = stem[:idx] + "depth" + stem[idx + len(tok):]
-            for ext in (".png", ".tif", ".tiff"):
-                cand = path.with_name(base + ext)
-                if cand.is_file():
-                    return cand
-            return None
-    return None
-
-
 class FolderSource:
-    """A folder of NNNN-color.png + NNNN-depth.png (uint16) pairs and a camera.json.
-
-    camera.json holds the intrinsics (fx, fy, cx, cy, width, height) and optionally
-    depth_unit_m (default 0.001, i.e. millimetres).
+    """A folder of RGB-D frames in the package's one folder format (core.data.datasets.discover_folder:
+    flat NNNN-color.png + NNNN-depth.png, or rgb/ + depth/ subfolders; labels optional) and a
+    camera.json with the intrinsics (fx, fy, cx, cy, width, height) and optionally depth_unit_m
+    (default 0.001, i.e. millimetres). Every frame needs a depth image: the camera publishes
+    aligned depth. The same folder works for ``uois-sam-eval --dataset folder``.
     """
 
     name = "folder"
 
     def __init__(self, root: str | Path, loop: bool = True, camera_json: str | Path | None = None) -> None:
+        from uois_sam_ros.core.data import datasets  # lazy, as for DatasetSource
+
+        self._datasets = datasets
         self.root = Path(root)
         if not self.root.is_dir():
             raise SourceError(f"image folder not found: {self.root}")
-        cam = Path(camera_json) if camera_json else self.root / "camera.json"
-        if not cam.is_file():
-            raise SourceError(f"camera intrinsics not found: {cam} (a camera.json with fx, fy, cx, cy, "
-                              "width, height is needed)")
-        meta = json.loads(cam.read_text())
-        self.intrinsics = Intrinsics.from_dict(meta)
-        self.depth_scale = float(meta.get("depth_unit_m", 0.001))
-        colors = sorted(p for p in self.root.iterdir()
-                        if p.suffix.lower() in _IMAGE_EXTS and "depth" not in p.stem.lower()
-                        and "mask" not in p.stem.lower()
-                        and any(t in p.stem.lower() for t in _COLOR_TOKENS))
-        self.pairs = [(c, d) for c in colors if (d := _depth_partner(c)) is not None]
-        if not self.pairs:
+        self.camera_path = Path(camera_json) if camera_json else self.root / "camera.json"
+        if not self.camera_path.is_file():
+            raise SourceError(f"camera intrinsics not found: {self.camera_path} (a camera.json with fx, fy, cx, "
+                              "cy, width, height is needed)")
+        try:
+            self.camera = datasets.read_camera_json(self.camera_path)
+            frames = datasets.discover_folder(self.root)
+        except datasets.DatasetError as e:
+            raise SourceError(f"no colour/depth pairs in {self.root}: {e}") from None
+        self.intrinsics, self.depth_scale = self.camera
+        missing = [f.rgb.name for f in frames if f.depth is None]
+        if len(missing) == len(frames):
             raise SourceError(f"no colour/depth pairs in {self.root} (expected e.g. 0000-color.png + "
-                              "0000-depth.png)")
+                              "0000-depth.png, or rgb/0000.png + depth/0000.png)")
+        if missing:
+            raise SourceError(f"{self.root}: {len(missing)} colour image(s) without depth, e.g. {missing[0]}")
+        self.frames = frames
         self.loop = loop
         self.index = 0
 
+    @property
+    def pairs(self) -> list[tuple[Path, Path]]:
+        """(colour, depth) file of each frame."""
+        return [(f.rgb, f.depth) for f in self.frames]
+
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.frames)
 
     def load(self, i: int) -> Sample:
-        cpath, dpath = self.pairs[i]
-        bgr = cv2.imread(str(cpath), cv2.IMREAD_COLOR)
-        depth = cv2.imread(str(dpath), cv2.IMREAD_UNCHANGED)
-        if bgr is None:
-            raise SourceError(f"cannot read colour image {cpath}")
-        if depth is None or depth.ndim != 2 or depth.dtype != np.uint16:
-            raise SourceError(f"depth image {dpath} must be a single-channel uint16 PNG")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        if depth.shape != rgb.shape[:2]:
-            raise SourceError(f"{dpath.name} is {depth.shape[1]}x{depth.shape[0]} but {cpath.name} is "
-                              f"{rgb.shape[1]}x{rgb.shape[0]}")
-        intr = self.intrinsics
-        if (intr.width, intr.height) != (rgb.shape[1], rgb.shape[0]):
-            intr = intr.scaled(rgb.shape[1], rgb.shape[0])
-        return Sample(rgb=rgb, depth=depth.astype(np.float32) * self.depth_scale, intrinsics=intr,
-                      label=None, name=cpath.stem)
+        try:
+            return self._datasets.load_folder_frame(self.frames[i], self.camera, self.camera_path, need_depth=True)
+        except self._datasets.DatasetError as e:
+            raise SourceError(str(e)) from None
 
     def read(self) -> Sample:
-        if self.index >= len(self.pairs):
+        if self.index >= len(self.frames):
             if not self.loop:
-                raise EndOfSource(f"folder source: all {len(self.pairs)} frames published")
+                raise EndOfSource(f"folder source: all {len(self.frames)} frames published")
             self.index = 0
         sample = self.load(self.index)
         self.index += 1
@@ -196,7 +172,8 @@ class DatasetSource:
 
 
 def open_source(kind: str, params: dict[str, Any], rs_loader: Callable[[], Any] | None = None,
-                log: Callable[[str], None] | None = None) -> FrameSource:
+                log: Callable[[str], None] | None = None,
+                info: Callable[[str], None] | None = None) -> FrameSource:
     """Build a source from the camera node's parameters (see ros/params.py CAMERA_PARAMS)."""
     if kind == "synthetic":
         return SyntheticSource(seed=params.get("seed", 0), count=params.get("count", 0),
@@ -221,5 +198,5 @@ def open_source(kind: str, params: dict[str, Any], rs_loader: Callable[[], Any] 
                                   params.get("height", 0) or 480, params.get("fps", 30))
         return RealSenseSource(rs, backend, spatial=params.get("spatial_filter", False),
                                temporal=params.get("temporal_filter", False),
-                               hole_filling=params.get("hole_filling_filter", False), log=log)
+                               hole_filling=params.get("hole_filling_filter", False), log=log, info=info)
     raise SourceError(f"unknown camera source {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")

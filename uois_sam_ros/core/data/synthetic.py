@@ -317,7 +317,10 @@ def _place_objects(rng: np.random.Generator, cfg: SceneConfig, n: int) -> list[_
 
 
 def _rays(K: np.ndarray, T: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
-    d_cam = np.stack([(us + 0.5 - K[0, 2]) / K[0, 0], (vs + 0.5 - K[1, 2]) / K[1, 1], np.ones_like(us, float)], -1)
+    """Rays through the centres of pixels (us, vs). Integer pixel coordinates are pixel centres
+    (README "Messages"; OpenCV's and SAM's convention), so pixel (u, v) deprojects with
+    ((u - cx) / fx, (v - cy) / fy, 1) * depth, as core.segment.geometric does."""
+    d_cam = np.stack([(us - K[0, 2]) / K[0, 0], (vs - K[1, 2]) / K[1, 1], np.ones_like(us, float)], -1)
     d = d_cam @ T[:3, :3].T
     o = np.broadcast_to(T[:3, 3], d.shape)
     return np.concatenate([o, d], -1).astype(np.float32)

@@ -4,19 +4,33 @@ The MLP has the architecture of SAM's IoU head (segment-anything's own ``MLP`` c
 layers, hidden 256, ReLU). It runs on each of the 4 mask tokens concatenated with the repeated
 IoU token, i.e. on (K, 4, 2C), with one output per token, giving the 4 score corrections.
 Only this MLP trains; SAM stays frozen.
+
+HDNet learns a correction to one SAM's tokens, so a checkpoint records the SAM it was trained
+on (``sam``: model type, image size and the sha256 of the SAM checkpoint file, None for random
+weights). ``load_hdnet`` refuses another model type and warns when the SAM weights differ.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
-from uois_sam_ros.core.weights import check_state_dict, read_checkpoint
+from uois_sam_ros.core.config import resolve_device
+from uois_sam_ros.core.weights import CheckpointError, check_state_dict, read_checkpoint, sha256_file
 
 CHECKPOINT_FORMAT = "uois_sam_ros.hdnet"
+CHECKPOINT_VERSION = 2  # 2 added the 'sam' record; version 1 files load without the check
+
+
+class HDNetSamWarning(UserWarning):
+    """The HDNet checkpoint was trained on other SAM weights of the same model type."""
 
 
 class HDNet(nn.Module):
@@ -39,23 +53,86 @@ class HDNet(nn.Module):
         return self(t_iou, t_mask) + iou_pred
 
 
-def save_hdnet(path: str | Path, model: HDNet, meta: dict | None = None) -> None:
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a file, computed once per process for an unchanged file (SAM ViT-H is 2.5 GB)."""
+    p = Path(path).resolve()
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise CheckpointError(f"SAM checkpoint not found: {path}") from e
+    return _sha256_cached(str(p), st.st_size, st.st_mtime_ns)
+
+
+def sam_record(model_type: str, checkpoint: str | Path | None, image_size: int = 1024) -> dict[str, Any]:
+    """What an HDNet checkpoint stores about its SAM; checkpoint None = random weights."""
+    return {"model_type": str(model_type), "image_size": int(image_size),
+            "checkpoint_sha256": checkpoint_sha256(checkpoint) if checkpoint else None}
+
+
+def save_hdnet(path: str | Path, model: HDNet, meta: dict | None = None, sam: dict[str, Any] | None = None) -> None:
+    """Write an HDNet checkpoint; sam is ``sam_record(...)`` of the SAM it was trained on."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": CHECKPOINT_FORMAT, "version": 1,
-                "arch": {"token_dim": model.token_dim, "hidden_dim": model.hidden_dim,
-                         "num_layers": model.num_layers},
-                "meta": dict(meta or {}),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+    blob = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "arch": {"token_dim": model.token_dim, "hidden_dim": model.hidden_dim,
+                     "num_layers": model.num_layers},
+            "meta": dict(meta or {}),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if sam is not None:
+        blob["sam"] = dict(sam)
+    torch.save(blob, path)
 
 
-def load_hdnet(path: str | Path, device: str = "cpu") -> HDNet:
-    """Load a save_hdnet file (weights_only=True); errors name the file and what is wrong."""
+def check_sam_record(path: str | Path, record: dict[str, Any] | None, sam_model_type: str,
+                     sam_checkpoint: str | Path | None) -> None:
+    """Raise when the HDNet at path was trained on another SAM model type; warn when only the
+    weights differ (the same weights re-saved elsewhere hash differently). No record: no check."""
+    if not record:
+        return
+    trained = record.get("model_type")
+    if trained and trained != sam_model_type:
+        raise CheckpointError(
+            f"HDNet checkpoint {path} was trained on SAM {trained}, but the SAM in use is {sam_model_type}: "
+            f"set sam.model_type={trained} with its checkpoint, or train HDNet for {sam_model_type} "
+            f"(uois-sam-train-hdnet --sam-type {sam_model_type})")
+    want = record.get("checkpoint_sha256")
+    if want is None and not sam_checkpoint:
+        return  # random weights both times (tests, benchmarks)
+    if want is None:
+        have = f"the checkpoint {sam_checkpoint}"
+    elif not sam_checkpoint:
+        have = "random weights"
+    else:
+        digest = checkpoint_sha256(sam_checkpoint)  # hashed only when it can match (a 1.2 GB file: ~2 s)
+        if digest == want:
+            return
+        have = f"sha256 {digest[:12]}..."
+    trained_on = "random weights" if want is None else f"sha256 {want[:12]}..."
+    warnings.warn(f"HDNet checkpoint {path} was trained on SAM {trained} {trained_on}, but the SAM in use "
+                  f"has {have}; its scores may not fit these weights", HDNetSamWarning, stacklevel=3)
+
+
+def load_hdnet(path: str | Path, device: str = "cpu", *, sam_model_type: str | None = None,
+               sam_checkpoint: str | Path | None = None) -> HDNet:
+    """Load a save_hdnet file (weights_only=True); errors name the file and what is wrong.
+
+    With sam_model_type (the SAM in use; sam_checkpoint its file, None = random weights) the
+    checkpoint's SAM record is checked: another model type is an error, other weights a warning.
+    """
     path = Path(path)
     blob = read_checkpoint(path, "HDNet", CHECKPOINT_FORMAT)
     arch = blob["arch"]
     model = HDNet(int(arch["token_dim"]), int(arch["hidden_dim"]), int(arch["num_layers"]))
     check_state_dict(model.state_dict(), blob["state_dict"], path, what="HDNet")
+    record = blob.get("sam")
+    if sam_model_type is not None:
+        check_sam_record(path, record, sam_model_type, sam_checkpoint)
     model.load_state_dict(blob["state_dict"])
     model.meta = blob.get("meta", {})
-    return model.to(device).eval()
+    model.sam_record = dict(record) if record else None
+    return model.to(resolve_device(device)).eval()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from uois_sam_ros.core.config import HPGConfig
+from uois_sam_ros.core.config import HPGConfig, resolve_device
 from uois_sam_ros.core.types import Frame, FrameError, Prompts
 
 BACKBONES = ("dinov2_vits14", "sam", "cnn_rgb", "cnn_rgbd")
@@ -331,7 +331,7 @@ def load_hpg_checkpoint(path: str | Path, device: str = "cpu",
     check_state_dict(target, state, path, what="HPG")
     model.load_state_dict(state, strict=not head_only)
     model.meta = blob.get("meta", {})
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 class HPG:
@@ -341,6 +341,7 @@ class HPG:
 
     def __init__(self, cfg: HPGConfig, model: HPGNet | None = None) -> None:
         self.cfg = cfg
+        self.device = resolve_device(cfg.device)  # resolved once: reconfigure() cannot change it
         if model is None:
             ckpt = cfg.checkpoint
             if ckpt is None and cfg.backbone == "cnn_rgbd":
@@ -350,8 +351,8 @@ class HPG:
                 raise HPGCheckpointError(
                     f"no HPG checkpoint for backbone {cfg.backbone!r}: set hpg.checkpoint "
                     "(the shipped default uois_sam_ros/data/hpg_cnn_rgbd.pt covers only cnn_rgbd)")
-            model = load_hpg_checkpoint(ckpt, cfg.device, cfg.backbone_checkpoint)
-        self.model = model.to(cfg.device).eval()
+            model = load_hpg_checkpoint(ckpt, self.device, cfg.backbone_checkpoint)
+        self.model = model.to(self.device).eval()
         self.last_fg: np.ndarray | None = None  # at HPG resolution
         self.last_heatmap: np.ndarray | None = None
         self.sam_embedding: torch.Tensor | None = None  # set by the pipeline for backbone 'sam'
@@ -362,7 +363,7 @@ class HPG:
 
     @torch.no_grad()
     def _maps(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-        dev = self.cfg.device
+        dev = self.device
         if self.model.backbone_name == "sam":
             if self.sam_embedding is None:
                 raise RuntimeError("HPG backbone 'sam' needs the frame's SAM embedding first "

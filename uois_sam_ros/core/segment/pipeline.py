@@ -3,17 +3,29 @@
 Methods (pipeline.method):
 - uois_sam / heatmap_hdnet: HPG peaks -> SAM -> HDNet adapted IoU (Table IV row 4, the paper).
 - heatmap: HPG peaks -> SAM, selected by SAM's own IoU (row 3).
-- grid_fg: the 32x32 grid restricted to HPG's foreground -> SAM IoU (row 2).
-- grid: the 32x32 grid -> SAM IoU, the automatic-generator baseline (row 1).
+- grid_fg: the 32x32 grid restricted to HPG's foreground -> the same generator (row 2).
+- grid: segment-anything's SamAutomaticMaskGenerator on the 32x32 grid (row 1).
 - weights_free: geometric (or HPG) prompts -> the geometric region-growing segmenter.
 - auto: with sam.checkpoint set, uois_sam when hdnet.checkpoint is set too, else heatmap;
   without a SAM checkpoint, weights_free.
 
-Methods without HDNet score like SamAutomaticMaskGenerator: SAM's 3 multimask candidates,
-a candidate must reach the stability threshold, and the prompt's best is kept above
-sam_iou_threshold (0.88). With HDNet all 4 tokens compete and the threshold is 0.48.
-Every method then runs the same NMS and size filter. Selection and NMS run on SAM's low-res
-logits; only the surviving masks are upsampled to the frame.
+``grid`` with pipeline.grid_exact (the default) is SamAutomaticMaskGenerator with its defaults
+(``SamSegmenter.generate_amg``): every one of the 3 multimask candidates of every grid point
+whose SAM IoU exceeds sam_iou_threshold (0.88) and whose stability score, computed on the
+full-resolution logits with offset 1.0, reaches stability_threshold (0.95), then box NMS at
+grid_box_nms (0.7); one crop, no small-region removal. ``grid_fg`` runs the same generator on
+the grid points that HPG's foreground keeps, so rows 1 and 2 differ only in their prompts.
+grid_exact false is a faster approximation for both: the scheme of the other methods below,
+on low-res logits.
+
+The other methods without HDNet score like AMG per prompt: SAM's 3 multimask candidates, a
+candidate must reach the stability threshold, and the prompt's best is kept above
+sam_iou_threshold (0.88). With HDNet all 4 tokens compete and the threshold is 0.48. Their
+selection and NMS run on SAM's low-res logits; only the surviving masks are upsampled.
+
+Every method then runs the same mask NMS (postprocess.nms_iou) and size filter (box limit and
+min_area), in the order postprocess.filter_before_nms says; for grid_exact they apply to AMG's
+output at frame resolution.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from uois_sam_ros.core.config import Config, ConfigError
 from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet
 from uois_sam_ros.core.segment.hpg import HPG, HPGNet, crop_sam_embedding, upsample_map
 from uois_sam_ros.core.segment.postprocess import filter_masks, select_best, size_filter
-from uois_sam_ros.core.segment.prompting import ForegroundGridPromptSource, GridPromptSource
+from uois_sam_ros.core.segment.prompting import ForegroundGridPromptSource, GridPromptSource, amg_points
 from uois_sam_ros.core.segment.sam_backend import SamSegmenter, lowres_to_hw
 from uois_sam_ros.core.types import Frame, Instances, Prompts
 from uois_sam_ros.core.weights import CheckpointError
@@ -82,7 +94,8 @@ class UOISPipeline:
     The API the nodes call: ``prompts(frame)``, ``run(frame, prompts=None)`` and
     ``reconfigure(config)``. Pre-built models may be passed (tests, training loops); otherwise
     they load from the config. After run(): last_prompts holds the prompts, hpg_maps the HPG
-    (fg_prob, heatmap) at HPG resolution when HPG ran.
+    (fg_prob, heatmap) at HPG resolution when HPG ran. ``device`` is the resolved torch device
+    of the loaded models ('cpu' for the geometric path), for nodes to log.
     """
 
     def __init__(self, config: Config, *, sam_model: torch.nn.Module | None = None,
@@ -134,17 +147,20 @@ class UOISPipeline:
             else:
                 self.prompt_source = self.hpg
         if want_masks and self.method in ("uois_sam", "heatmap_hdnet") and config.hdnet.enabled:
+            device = self.segmenter.device
             if hdnet_model is not None:
                 self.hdnet = hdnet_model
             elif config.hdnet.checkpoint:
-                self.hdnet = load_hdnet(config.hdnet.checkpoint, config.sam.device)
+                # refuses an HDNet trained on another SAM model type; warns on other SAM weights
+                self.hdnet = load_hdnet(config.hdnet.checkpoint, str(device), sam_model_type=config.sam.model_type,
+                                        sam_checkpoint=config.sam.checkpoint)
             elif config.sam.allow_random_weights:
                 self.hdnet = HDNet()  # random, for tests/benchmarks only (like the random SAM)
             else:
                 raise CheckpointError(
                     f"pipeline.method={self.method} needs HDNet weights: set hdnet.checkpoint, or use "
                     "pipeline.method=heatmap (HPG + SAM's own IoU)")
-            self.hdnet = self.hdnet.to(config.sam.device).eval()
+            self.hdnet = self.hdnet.to(device).eval()
 
     # ------------------------------------------------------------------ reconfiguration
     def can_reconfigure(self, config: Config) -> bool:
@@ -172,6 +188,22 @@ class UOISPipeline:
         if isinstance(self.segmenter, SamSegmenter):
             self.segmenter.cfg = config.sam
             self.segmenter.decode_batch = max(1, int(config.pipeline.decode_batch))
+
+    @property
+    def devices(self) -> dict[str, str]:
+        """The resolved torch device of each loaded model ({'sam': 'cuda', 'hpg': 'cuda'}, ...)."""
+        out: dict[str, str] = {}
+        if isinstance(self.segmenter, SamSegmenter):
+            out["sam"] = str(self.segmenter.device)
+        if self.hpg is not None:
+            out["hpg"] = self.hpg.device
+        return out
+
+    @property
+    def device(self) -> str:
+        """The device the pipeline computes on: SAM's, else HPG's, else 'cpu' (the geometric path)."""
+        d = self.devices
+        return d.get("sam") or d.get("hpg") or "cpu"
 
     @property
     def uses_hdnet(self) -> bool:
@@ -219,6 +251,8 @@ class UOISPipeline:
                        need_intrinsics=self.method == "weights_free")
         if self.method == "weights_free":
             return self._run_weights_free(frame, prompts)
+        if self.method in ("grid", "grid_fg") and self.config.pipeline.grid_exact:
+            return self._run_grid_exact(frame, prompts)
         return self._run_sam(frame, prompts)
 
     def _empty(self, frame: Frame, timings: dict[str, float], t0: float) -> Instances:
@@ -308,6 +342,35 @@ class UOISPipeline:
         timings["postprocess"] = time.perf_counter() - t
         return self._finish(out, timings, t0)
 
+    def _run_grid_exact(self, frame: Frame, given: Prompts | None = None) -> Instances:
+        """Table IV rows 1-2: SamAutomaticMaskGenerator's masks on the (foreground) grid, then the
+        common NMS and size filter."""
+        cfg = self.config
+        H, W = frame.height, frame.width
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        prompts = self._prompts(frame, timings, given)
+        if len(prompts) == 0:
+            return self._empty(frame, timings, t0)
+        points = amg_points(cfg.pipeline.grid_points, H, W)
+        if len(points) != len(prompts) or not np.array_equal(points.astype(np.float32), prompts.points):
+            points = prompts.points.astype(np.float64)  # prompts from elsewhere (split mode): as given
+        t = time.perf_counter()
+        self.segmenter.set_frame(frame)
+        timings["embedding"] = time.perf_counter() - t
+        t = time.perf_counter()
+        amg = self.segmenter.generate_amg(
+            points, pred_iou_thresh=cfg.hdnet.sam_iou_threshold, stability_score_thresh=cfg.hdnet.stability_threshold,
+            stability_score_offset=1.0, box_nms_thresh=cfg.pipeline.grid_box_nms,
+            points_per_batch=cfg.pipeline.decode_batch, multimask_output=cfg.sam.multimask_output)
+        timings["decode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        order = filter_masks(amg.masks, amg.iou_pred, cfg.postprocess, H, W)
+        out = Instances(amg.masks[order], amg.iou_pred[order], sam_iou=amg.iou_pred[order],
+                        prompts=amg.points[order], stamp=frame.stamp)
+        timings["postprocess"] = time.perf_counter() - t
+        return self._finish(out, timings, t0)
+
     def _run_weights_free(self, frame: Frame, given: Prompts | None = None) -> Instances:
         cfg = self.config
         H, W = frame.height, frame.width
@@ -328,8 +391,7 @@ class UOISPipeline:
         masks = np.asarray(dec.masks)[kept, idx[kept]] if len(kept) else np.zeros((0, H, W), bool)
         order = filter_masks(masks, best[kept], cfg.postprocess, H, W)
         kept, masks = kept[order], masks[order]
-        iou = np.asarray(dec.iou_pred, np.float32)
-        out = Instances(masks, best[kept], sam_iou=iou[kept, idx[kept]] if len(kept) else None,
-                        prompts=prompts.points[kept], stamp=frame.stamp)
+        # sam_iou stays NaN (Instance.msg): the geometric segmenter has no SAM IoU, only its own score
+        out = Instances(masks, best[kept], sam_iou=None, prompts=prompts.points[kept], stamp=frame.stamp)
         timings["postprocess"] = time.perf_counter() - t
         return self._finish(out, timings, t0)

@@ -1,7 +1,10 @@
 """Prompt sources of the Table IV baselines: SAM's 32x32 grid, and the grid inside HPG's foreground.
 
-The grid is segment-anything's own ``build_point_grid`` (the automatic mask generator's), scaled
-to pixel centres of the frame.
+The grid is exactly the points SamAutomaticMaskGenerator gives SAM: segment-anything's
+``build_point_grid`` scaled by (width, height), i.e. x = (i + 0.5) / n * W. Pixel coordinates
+follow the package convention (README "Messages"): integer coordinates are pixel centres, as in
+SAM's prompt encoder and OpenCV, so AMG's points sit half a pixel right of / below the exact
+fractions of the image; they are kept as they are so that the grid method equals AMG.
 """
 
 from __future__ import annotations
@@ -12,12 +15,17 @@ from segment_anything.utils.amg import build_point_grid
 from uois_sam_ros.core.types import Frame, Prompts
 
 
-def grid_prompts(n_per_side: int, height: int, width: int) -> Prompts:
-    """n x n points, row-major, at (i + 0.5) / n of the image, in pixel coordinates."""
+def amg_points(n_per_side: int, height: int, width: int) -> np.ndarray:
+    """(n*n, 2) float64 (x, y): SamAutomaticMaskGenerator's point grid for a height x width image."""
     if n_per_side <= 0:
         raise ValueError(f"pipeline.grid_points must be positive, got {n_per_side}")
-    g = build_point_grid(n_per_side)  # in [0, 1], x then y
-    pts = g * np.array([width, height], np.float64) - 0.5
+    g = build_point_grid(n_per_side)  # in [0, 1], x then y, row-major
+    return g * np.array([width, height])[None, :]
+
+
+def grid_prompts(n_per_side: int, height: int, width: int) -> Prompts:
+    """The AMG grid as Prompts (float32), row-major."""
+    pts = amg_points(n_per_side, height, width)
     k = len(pts)
     return Prompts(pts, np.ones(k, np.int64), np.ones(k, np.float32))
 

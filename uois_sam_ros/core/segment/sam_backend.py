@@ -24,9 +24,18 @@ import torch
 import torch.nn.functional as F
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.utils.amg import (
+    MaskData,
+    batch_iterator,
+    batched_mask_to_box,
+    calculate_stability_score,
+    mask_to_rle_pytorch,
+    rle_to_mask,
+)
 from torch import nn
+from torchvision.ops.boxes import batched_nms
 
-from uois_sam_ros.core.config import SamConfig
+from uois_sam_ros.core.config import SamConfig, resolve_device
 from uois_sam_ros.core.segment.backend import Decoded
 from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import OFFICIAL, CheckpointError, load_checked, read_state_dict
@@ -82,6 +91,7 @@ def build_sam_architecture(model_type: str, image_size: int = 1024) -> nn.Module
 def load_sam(model_type: str, checkpoint: str | Path | None, *, allow_random: bool = False,
              device: str = "cpu", image_size: int = 1024) -> nn.Module:
     """Build model_type and load the official checkpoint, checking every key and shape."""
+    device = resolve_device(device)
     model = build_sam_architecture(model_type, image_size)
     if checkpoint is None:
         if not allow_random:
@@ -112,16 +122,31 @@ class LowRes:
     t_mask: torch.Tensor
 
 
+@dataclass
+class AmgMasks:
+    """SamAutomaticMaskGenerator's output for one image, in its order (box NMS, best first).
+
+    masks: (N, H, W) bool at frame resolution. iou_pred, stability: (N,). points: (N, 2) float64,
+    the prompt that produced each mask (the coordinates SAM was given).
+    """
+
+    masks: np.ndarray
+    iou_pred: np.ndarray
+    stability: np.ndarray
+    points: np.ndarray
+
+
 class SamSegmenter:
     """PromptableSegmenter over any SAM; decode_lowres keeps the tokens for HDNet."""
 
     def __init__(self, cfg: SamConfig, model: nn.Module | None = None, decode_batch: int = 64) -> None:
         self.cfg = cfg
-        self.model = model if model is not None else load_sam(
+        device = resolve_device(cfg.device)
+        self.model = model.to(device) if model is not None else load_sam(
             cfg.model_type, cfg.checkpoint, allow_random=cfg.allow_random_weights,
-            device=cfg.device, image_size=cfg.image_size)
+            device=device, image_size=cfg.image_size)
         self.name = f"sam_{cfg.model_type}"
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(device)
         self.decode_batch = max(1, int(decode_batch))
         self.predictor = SamPredictor(self.model)
         self._hs: torch.Tensor | None = None
@@ -188,6 +213,60 @@ class SamSegmenter:
         masks = self.model.postprocess_masks(x, self.predictor.input_size, self.predictor.original_size)
         masks = masks > self.model.mask_threshold
         return masks[:, 0] if squeeze else masks
+
+    @torch.inference_mode()
+    def generate_amg(self, points: np.ndarray, *, pred_iou_thresh: float = 0.88,
+                     stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
+                     box_nms_thresh: float = 0.7, points_per_batch: int = 64,
+                     multimask_output: bool = True) -> AmgMasks:
+        """segment-anything's SamAutomaticMaskGenerator on the current frame, one crop (the whole
+        image), no small-region removal: every candidate (3 per point with multimask_output) whose
+        predicted IoU exceeds pred_iou_thresh and whose stability score on the full-resolution logits
+        reaches stability_score_thresh (a threshold <= 0 disables its filter, as in AMG), then box NMS.
+
+        It calls the library's own SamPredictor.predict_torch and amg helpers step for step
+        (``_process_batch`` / ``_process_crop``), so the result equals AMG's for the same points and
+        points_per_batch. AMG's crop-edge box filter is left out: with one full-image crop it removes
+        nothing. points: (K, 2) float64 pixel coordinates, as AMG computes them.
+        """
+        if not self.predictor.is_image_set:
+            raise RuntimeError("call set_frame before generate_amg")
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        h, w = self.predictor.original_size
+        empty = AmgMasks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros(0, np.float32),
+                         np.zeros((0, 2), np.float64))
+        if len(pts) == 0:
+            return empty
+        thr = self.model.mask_threshold
+        data = MaskData()
+        for (batch,) in batch_iterator(max(1, int(points_per_batch)), pts):
+            coords = self.predictor.transform.apply_coords(batch, (h, w))
+            in_points = torch.as_tensor(coords, device=self.predictor.device)
+            in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+            masks, iou, _ = self.predictor.predict_torch(in_points[:, None, :], in_labels[:, None],
+                                                         multimask_output=multimask_output, return_logits=True)
+            b = MaskData(masks=masks.flatten(0, 1), iou_preds=iou.flatten(0, 1),
+                         points=torch.as_tensor(batch.repeat(masks.shape[1], axis=0)))
+            del masks
+            if pred_iou_thresh > 0.0:
+                b.filter(b["iou_preds"] > pred_iou_thresh)
+            b["stability_score"] = calculate_stability_score(b["masks"], thr, stability_score_offset)
+            if stability_score_thresh > 0.0:
+                b.filter(b["stability_score"] >= stability_score_thresh)
+            b["masks"] = b["masks"] > thr
+            b["boxes"] = batched_mask_to_box(b["masks"])
+            b["rles"] = mask_to_rle_pytorch(b["masks"])
+            del b["masks"]
+            data.cat(b)
+        if len(data["rles"]) == 0:
+            return empty
+        keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
+                           iou_threshold=box_nms_thresh)
+        data.filter(keep)
+        data.to_numpy()
+        return AmgMasks(np.stack([rle_to_mask(r) for r in data["rles"]]).astype(bool),
+                        np.asarray(data["iou_preds"], np.float32), np.asarray(data["stability_score"], np.float32),
+                        np.asarray(data["points"], np.float64).reshape(-1, 2))
 
     def decode(self, prompts: Prompts) -> Decoded:
         """All 4 candidates per prompt at frame resolution; scores = SAM's IoU (no HDNet here)."""
