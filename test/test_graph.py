@@ -61,8 +61,13 @@ def _load_launch_file_with_recorders(monkeypatch):
             self.kw = kw
             rec["nodes"].append(kw)
 
+    class SetEnvironmentVariable:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
     launch.LaunchDescription = LaunchDescription
     actions.DeclareLaunchArgument, actions.OpaqueFunction = DeclareLaunchArgument, OpaqueFunction
+    actions.SetEnvironmentVariable = SetEnvironmentVariable
     subs.LaunchConfiguration = LaunchConfiguration
     lros_actions.Node = Node
     for name, mod in (("launch", launch), ("launch.actions", actions), ("launch.substitutions", subs),
@@ -152,5 +157,5 @@ def test_every_core_parameter_has_its_own_meaning():
     by_name = {s.name: s for s in specs}
     assert by_name["hdnet.iou_threshold"].description.startswith("keep a prompt's best mask")
     assert by_name["sam.checkpoint"].description.endswith("'' = none")
-    assert "(one of vit_h, vit_l, vit_b, vit_t)" in by_name["sam.model_type"].full_description
+    assert "(one of vit_h, vit_l, vit_b, vit_t, vit_synth)" in by_name["sam.model_type"].full_description
     assert "\\|" in param_table([by_name["pipeline.method"]])  # a '|' in a meaning must not split the row

@@ -3,22 +3,33 @@
 Same nodes, parameters and remaps as launch/tabletop.launch.py: both come from
 uois_sam_ros.ros.graph.describe_graph_from_arguments. All nodes share one
 MultiThreadedExecutor; inference runs in each node's own worker thread.
+
+SIGINT and SIGTERM only ask the graph to stop (rclpy installs no handlers here), so a second
+Ctrl-C during the teardown cannot interrupt it halfway; the exit status is 0 either way.
 """
 
 from __future__ import annotations
 
+# First, before the heavy imports below: holds SIGINT/SIGTERM when bringup is the program.
+from uois_sam_ros.apps import early_signals  # isort: split
+
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
 import rclpy
 from rclpy.context import Context
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
 
+from uois_sam_ros.ros.dds import apply_default_profile
 from uois_sam_ros.ros.graph import (
     LAUNCH_ARGUMENTS,
     GraphError,
@@ -65,11 +76,35 @@ def build_nodes(specs: list[NodeSpec], context: Context | None = None,
 
 
 def stop_graph(executor: MultiThreadedExecutor, nodes: list[Node]) -> None:
-    """The in-process graph's teardown (bringup, demo): executor, then nodes, then the rclpy context."""
-    executor.shutdown()
-    for n in nodes:
-        n.destroy_node()
-    rclpy.try_shutdown()
+    """The in-process graph's teardown (bringup, demo): executor, then nodes, then the rclpy context.
+
+    Each node stops its own inputs and worker before it is destroyed, so a frame in flight is
+    finished and published while its publishers still exist. The context goes last: on Kilted,
+    shutting it down first destroys the nodes while holding the context lock, and a worker
+    that checks ``context.ok()`` then waits for that lock until the worker join times out.
+    Each step runs even if an earlier one failed.
+    """
+    context = nodes[0].context if nodes else None
+    try:
+        executor.shutdown(timeout_sec=5.0)
+        _fetch_teardown_races(executor)
+    finally:
+        try:
+            for n in nodes:
+                n.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=context)
+
+
+def _fetch_teardown_races(executor: MultiThreadedExecutor) -> None:
+    """rclpy's MultiThreadedExecutor.shutdown() (Kilted) destroys its guard condition without
+    waiting for the callbacks still running; one that finishes then fails on that guard with
+    InvalidHandle, and the never-fetched exception is printed at exit ("The following exception
+    was never retrieved"). Those belong to the shutdown, not to the graph: fetch them. Any other
+    exception stays unfetched, so rclpy still prints it."""
+    for task in list(getattr(executor, "_futures", ())):
+        if task.done() and isinstance(task._exception, InvalidHandle):  # noqa: SLF001 - rclpy Task
+            task.exception()
 
 
 def add_graph_arguments(ap: argparse.ArgumentParser) -> None:
@@ -82,42 +117,87 @@ def graph_arguments(ns: argparse.Namespace) -> dict[str, str]:
     return {name: str(getattr(ns, name)) for name, _, _ in LAUNCH_ARGUMENTS}
 
 
-def run(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="uois-sam-bringup", description=__doc__.splitlines()[0])
-    add_graph_arguments(ap)
-    ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = Ctrl-C)")
-    args = ap.parse_args(argv)
-    try:
-        specs = describe_graph_from_arguments(graph_arguments(args))
-    except (GraphError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rclpy.init()
-    nodes: list[Node] = []
-    executor = MultiThreadedExecutor(num_threads=4)
-    try:
-        nodes = build_nodes(specs)
-        for n in nodes:
-            executor.add_node(n)
-        print("running: " + ", ".join(f"{s.namespace}/{s.name}" for s in specs), flush=True)
-        end = time.monotonic() + args.duration if args.duration > 0 else None
-        while rclpy.ok() and (end is None or time.monotonic() < end):
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except GraphStartError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        stop_graph(executor, nodes)
-    return 0
+class StopRequest:
+    """SIGINT/SIGTERM set an event instead of raising KeyboardInterrupt or killing the process.
+
+    Held for the whole run: a signal during start-up, spinning or teardown (a second Ctrl-C)
+    only asks for the stop that is already under way, so the teardown always runs to its end.
+    On leaving, the previous handlers come back, or (exiting=True, the command line) signals
+    are ignored for the few hundred ms of interpreter shutdown that follow. Only possible in
+    the main thread; elsewhere nothing is installed and rclpy's own handlers are used.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, exiting: bool = False) -> None:
+        self.event = threading.Event()
+        self.exiting = exiting
+        self._previous: dict[int, Any] = {}
+        self.installed = threading.current_thread() is threading.main_thread()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.event.set()
+
+    def __enter__(self) -> StopRequest:
+        if self.installed:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            if early_signals.STOP.is_set():  # the command line: a signal during the imports
+                self.event.set()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, signal.SIG_IGN if self.exiting else h)
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+def run(argv: list[str] | None = None, *, exiting: bool = False) -> int:
+    """The bringup; 0 after a signal, --duration or shutdown. exiting=True: the process ends
+    right after (main), so signals stay ignored instead of getting their old handlers back."""
+    with StopRequest(exiting) as stop:
+        ap = argparse.ArgumentParser(prog="uois-sam-bringup", description=__doc__.splitlines()[0])
+        add_graph_arguments(ap)
+        ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = Ctrl-C)")
+        args = ap.parse_args(argv)
+        try:
+            specs = describe_graph_from_arguments(graph_arguments(args))
+        except (GraphError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if stop.is_set():
+            return 0
+        apply_default_profile()  # before rclpy.init: Fast DDS reads its profile once per process
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO if stop.installed else None)
+        nodes: list[Node] = []
+        executor = MultiThreadedExecutor(num_threads=4)
+        code = 0
+        try:
+            nodes = build_nodes(specs)
+            if not stop.is_set():  # a signal during start-up: straight to the teardown
+                for n in nodes:
+                    executor.add_node(n)
+                print("running: " + ", ".join(f"{s.namespace}/{s.name}" for s in specs), flush=True)
+            end = time.monotonic() + args.duration if args.duration > 0 else None
+            while not stop.is_set() and rclpy.ok() and (end is None or time.monotonic() < end):
+                executor.spin_once(timeout_sec=0.1)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        except GraphStartError as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = 2
+        except (RuntimeError, ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = 1
+        finally:
+            stop_graph(executor, nodes)
+        sys.stdout.flush()
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run(argv))
+    sys.exit(run(argv, exiting=True))
 
 
 if __name__ == "__main__":

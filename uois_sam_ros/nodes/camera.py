@@ -145,11 +145,9 @@ class CameraNode(ManagedNode):
                 out[attr] = getattr(src, attr)
         return out
 
-    def destroy_node(self) -> None:
-        self.stop_io()
+    def close_resources(self) -> None:
         if self.source is not None:
             self.source.close()
-        super().destroy_node()
 
 
 def main(argv: list[str] | None = None) -> None:

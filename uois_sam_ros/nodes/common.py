@@ -32,6 +32,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 
+from uois_sam_ros.ros.dds import apply_default_profile
 from uois_sam_ros.ros.params import ParamSpec, param_specs
 
 T = TypeVar("T")
@@ -294,6 +295,11 @@ class ManagedNode(LifecycleNode):
         self.quiet_configure = False  # bringup/demo report a failed configure themselves (one line)
         self.io_group = MutuallyExclusiveCallbackGroup()  # inputs run beside parameter/lifecycle services
         self._state = "unconfigured"
+        # Set when the process shuts down or the node is destroyed. Workers check this flag, never
+        # context.ok(): on Kilted, Context.shutdown() destroys the nodes while holding the lock
+        # that ok() takes, so a worker asking ok() would stall the node's teardown.
+        self._closing = False
+        self.context.on_shutdown(self._mark_closing)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         self._diag_timer = self.create_timer(1.0, self.publish_diagnostics)
 
@@ -325,7 +331,12 @@ class ManagedNode(LifecycleNode):
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _mark_closing(self) -> None:
+        self._closing = True
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._closing:  # a signal arrived during start-up: nothing to load, nothing to report
+            return TransitionCallbackReturn.FAILURE
         problems = self.params.problems()
         try:
             if problems:
@@ -390,19 +401,21 @@ class ManagedNode(LifecycleNode):
 
     # -------------------------------------------------------------- helpers
     def alive(self) -> bool:
-        """False once the context is shut down (Ctrl-C): workers then finish silently."""
-        return self.context.ok()
+        """False once the process shuts down (Ctrl-C) or the node is destroyed: workers then finish
+        silently."""
+        return not self._closing
 
     def safe_publish(self, pub: Any, msg: Any) -> bool:
         """Publish unless the process is shutting down (no 'context is invalid' noise on Ctrl-C)."""
-        if pub is None or not self.alive():
+        if pub is None or self._closing:
             return False
         try:
             pub.publish(msg)
-        except Exception:
-            if self.alive():
-                raise
-            return False
+        except Exception as e:
+            text = str(e)
+            if self._closing or "context" in text or "Destroyable" in text or "destruction" in text:
+                return False  # the context went away between the check and the publish
+            raise
         return True
 
     @staticmethod
@@ -436,6 +449,17 @@ class ManagedNode(LifecycleNode):
         st.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
         return st
 
+    def close_resources(self) -> None:
+        """Release what the node holds besides models and I/O (the camera's device), at destroy."""
+
+    def destroy_node(self) -> None:
+        self._closing = True
+        try:
+            self.stop_io()
+            self.close_resources()
+        finally:
+            super().destroy_node()
+
     def publish_diagnostics(self) -> None:
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -450,6 +474,7 @@ def spin_node(factory: Callable[[], ManagedNode], argv: list[str] | None = None)
     failed keeps running unconfigured); 1 only when the node cannot even be constructed
     (a parameter of the wrong type), with one line on stderr.
     """
+    profile = apply_default_profile()  # before rclpy.init: Fast DDS reads its profile once per process
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None
     code = 0
@@ -462,20 +487,28 @@ def spin_node(factory: Callable[[], ManagedNode], argv: list[str] | None = None)
                 print(f"error: {e}", file=sys.stderr)
                 code = 1
             return code
-        if node.get_parameter("autostart").value:
+        if profile:
+            node.get_logger().info(f"Fast DDS profile: {profile} (shared memory for camera-sized messages)")
+        if node.get_parameter("autostart").value and not node._closing:
             node.autostart()
+        if node._closing:
+            return code  # a signal during start-up: exit without spinning
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
+            node._closing = True
             try:
                 node.stop_io()
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
         executor.shutdown(timeout_sec=1.0)
         if node is not None:
-            node.destroy_node()
+            try:
+                node.destroy_node()
+            except Exception:  # noqa: BLE001 - the context may already have destroyed it
+                pass
         rclpy.try_shutdown()
     return code

@@ -115,10 +115,6 @@ class HPGNode(ManagedNode):
         p = self.pipeline
         return {"method": getattr(p, "method", ""), "model_loads": self.holder.loads if self.holder else 0}
 
-    def destroy_node(self) -> None:
-        self.stop_io()
-        super().destroy_node()
-
 
 def main(argv: list[str] | None = None) -> None:
     sys.exit(spin_node(HPGNode, argv))

@@ -133,10 +133,6 @@ class SegmentationNode(ManagedNode):
         return {"method": getattr(p, "method", ""), "mode": "single" if self.prompts_here else "split",
                 "model_loads": self.holder.loads if self.holder else 0}
 
-    def destroy_node(self) -> None:
-        self.stop_io()
-        super().destroy_node()
-
 
 def main(argv: list[str] | None = None) -> None:
     sys.exit(spin_node(SegmentationNode, argv))

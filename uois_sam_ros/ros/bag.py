@@ -99,12 +99,17 @@ def image_cdr(array_: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -
 
 
 def camera_info_cdr(sample: Sample, stamp_ns: int, frame_id: str) -> bytes:
-    """CDR bytes of the plumb_bob, zero-distortion camera_info of a sample's intrinsics."""
+    """CDR bytes of a sample's camera_info, with its distortion model and coefficients (zeros of the
+    model's length when it has none), as ros/convert.py's intrinsics_to_camera_info writes it live."""
     k = sample.intrinsics
     ts = typestore().types
+    model = getattr(k, "distortion_model", "") or "plumb_bob"
+    coeffs = tuple(getattr(k, "distortion", ()) or ())
+    zeros = {"plumb_bob": 5, "equidistant": 4, "rational_polynomial": 8}.get(model, 0)
     msg = ts[CAMERA_INFO](
         header=_header(stamp_ns, frame_id), height=int(k.height), width=int(k.width),
-        distortion_model="plumb_bob", d=np.zeros(5), k=k.K.reshape(-1).astype(np.float64),
+        distortion_model=model, d=np.asarray(coeffs if coeffs else [0.0] * zeros, np.float64),
+        k=k.K.reshape(-1).astype(np.float64),
         r=np.eye(3).reshape(-1),
         p=np.array([k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0]),
         binning_x=0, binning_y=0,
