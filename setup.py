@@ -20,6 +20,7 @@ setup(
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": [
         "uois-sam-bringup=uois_sam_ros.apps.bringup:main",
+        "uois-sam-launch=uois_sam_ros.apps.launcher:main",
         "uois-sam-demo=uois_sam_ros.apps.demo:main",
         "uois-sam-camera=uois_sam_ros.nodes.camera:main",
         "uois-sam-hpg=uois_sam_ros.nodes.hpg:main",
@@ -28,6 +29,7 @@ setup(
         "uois-sam-synth=uois_sam_ros.core.data.synthetic:main",
         "uois-sam-train-hpg=uois_sam_ros.training.hpg:main",
         "uois-sam-train-hdnet=uois_sam_ros.training.hdnet:main",
+        "uois-sam-train-sam=uois_sam_ros.training.sam:main",
         "uois-sam-sweep=uois_sam_ros.training.sweep:main",
         "uois-sam-eval=uois_sam_ros.apps.eval:main",
     ]},

@@ -115,7 +115,7 @@ else
 fi
 
 # check -------------------------------------------------------------------------------------
-cd /tmp
+cd "$(mktemp -d)"  # an empty folder: nothing there can shadow a module
 "$VENV/bin/python" - <<'PYCHECK'
 import uois_sam_ros.core  # noqa: F401
 import rclpy  # noqa: F401

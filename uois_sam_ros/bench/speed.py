@@ -17,7 +17,6 @@ import torch
 from tqdm import tqdm
 
 from uois_sam_ros.core.config import config_from_dict
-from uois_sam_ros.core.segment.hdnet import HDNet
 from uois_sam_ros.core.segment.hpg import HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
 from uois_sam_ros.core.segment.pipeline import UOISPipeline
 from uois_sam_ros.core.segment.prompting import grid_prompts
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             hpg_cfg.update(fg_threshold=0.0, heatmap_threshold=-1e9)
         cfg = config_from_dict({"sam": {"model_type": mt, "allow_random_weights": True, "device": args.device},
                                 "hpg": hpg_cfg, "pipeline": {"method": "uois_sam"}})
-        pipe = UOISPipeline(cfg, hpg_model=hpg, hdnet_model=HDNet())
+        pipe = UOISPipeline(cfg, hpg_model=hpg)  # a random HDNet sized for this SAM's tokens
         runs = []
         for _ in tqdm(range(args.repeats + 1), desc=f"uois_sam {mt}", leave=False):
             inst = pipe.run(frame)

@@ -129,7 +129,7 @@ SEGMENTATION_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
 # apply from the next frame, and model paths/types load the new model in the background
 # (nodes/inputs.py PipelineHolder). Random weights must never be switched on in a running graph.
 _READ_ONLY_CONFIG = {"sam.allow_random_weights"}
-_CONFIG_CHOICES = {"sam.model_type": ("vit_h", "vit_l", "vit_b", "vit_t"),
+_CONFIG_CHOICES = {"sam.model_type": ("vit_h", "vit_l", "vit_b", "vit_t", "vit_synth"),
                    "pipeline.weights_free_prompts": ("geometric", "hpg")}
 
 

@@ -200,7 +200,7 @@ def train_hdnet(seg: SamSegmenter, train: list[Sample], val: list[Sample], out: 
         raise TrainingError("training and validation sets must both be non-empty")
     torch.manual_seed(seed)
     dev = seg.device
-    model = HDNet().to(dev)
+    model = HDNet.for_sam(seg.model).to(dev)  # token size = the SAM decoder's dim
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     record = sam_record(seg.cfg.model_type, seg.cfg.checkpoint, seg.encoder_size)
     cache = FeatureCache(cache_dir, sam_cache_key(seg, record))
@@ -289,7 +289,7 @@ def _samples(a: argparse.Namespace) -> tuple[list[Sample], list[Sample]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="uois-sam-train-hdnet", description=__doc__.splitlines()[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--sam-type", default="vit_l", help="vit_h | vit_l | vit_b | vit_t | vit_tiny (tests)")
+    p.add_argument("--sam-type", default="vit_l", help="vit_h | vit_l | vit_b | vit_t | vit_synth | vit_tiny (tests)")
     p.add_argument("--sam-checkpoint", help="official SAM checkpoint (required except with --allow-random-sam)")
     p.add_argument("--allow-random-sam", action="store_true", help="random SAM weights (pipeline tests only)")
     p.add_argument("--sam-image-size", type=int, default=1024, help="encoder side (vit_tiny only)")

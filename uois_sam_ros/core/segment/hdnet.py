@@ -5,6 +5,10 @@ layers, hidden 256, ReLU). It runs on each of the 4 mask tokens concatenated wit
 IoU token, i.e. on (K, 4, 2C), with one output per token, giving the 4 score corrections.
 Only this MLP trains; SAM stays frozen.
 
+The token size is the SAM's decoder dim (256 for the official SAMs, 128 for vit_synth):
+``HDNet.for_sam(sam)`` sizes it from ``sam.mask_decoder.transformer_dim``, the checkpoint stores
+it (arch.token_dim), and ``load_hdnet(..., sam_token_dim=...)`` refuses a mismatch.
+
 HDNet learns a correction to one SAM's tokens, so a checkpoint records the SAM it was trained
 on (``sam``: model type, image size and the sha256 of the SAM checkpoint file, None for random
 weights). ``load_hdnet`` refuses another model type and warns when the SAM weights differ.
@@ -38,6 +42,11 @@ class HDNet(nn.Module):
         super().__init__()
         self.token_dim, self.hidden_dim, self.num_layers = token_dim, hidden_dim, num_layers
         self.mlp = MLP(2 * token_dim, hidden_dim, 1, num_layers)
+
+    @classmethod
+    def for_sam(cls, sam: nn.Module, hidden_dim: int = 256, num_layers: int = 3) -> HDNet:
+        """An HDNet sized for this SAM's tokens (its mask decoder's transformer dim)."""
+        return cls(int(sam.mask_decoder.transformer_dim), hidden_dim, num_layers)
 
     def forward(self, t_iou: torch.Tensor, t_mask: torch.Tensor) -> torch.Tensor:
         """t_iou (K, C), t_mask (K, 4, C) -> (K, 4) corrections to SAM's IoU prediction."""
@@ -118,15 +127,19 @@ def check_sam_record(path: str | Path, record: dict[str, Any] | None, sam_model_
 
 
 def load_hdnet(path: str | Path, device: str = "cpu", *, sam_model_type: str | None = None,
-               sam_checkpoint: str | Path | None = None) -> HDNet:
+               sam_checkpoint: str | Path | None = None, sam_token_dim: int | None = None) -> HDNet:
     """Load a save_hdnet file (weights_only=True); errors name the file and what is wrong.
 
     With sam_model_type (the SAM in use; sam_checkpoint its file, None = random weights) the
     checkpoint's SAM record is checked: another model type is an error, other weights a warning.
+    With sam_token_dim (the SAM's decoder dim) an HDNet built for other token sizes is an error.
     """
     path = Path(path)
     blob = read_checkpoint(path, "HDNet", CHECKPOINT_FORMAT)
     arch = blob["arch"]
+    if sam_token_dim is not None and int(arch["token_dim"]) != int(sam_token_dim):
+        raise CheckpointError(f"HDNet checkpoint {path} takes {int(arch['token_dim'])}-dim SAM tokens, but the SAM "
+                              f"in use has a {int(sam_token_dim)}-dim mask decoder: train HDNet on this SAM")
     model = HDNet(int(arch["token_dim"]), int(arch["hidden_dim"]), int(arch["num_layers"]))
     check_state_dict(model.state_dict(), blob["state_dict"], path, what="HDNet")
     record = blob.get("sam")

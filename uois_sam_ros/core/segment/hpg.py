@@ -7,7 +7,8 @@ Point prompts are the 3x3 max-pool peaks of the heatmap inside the thresholded f
 Backbones:
 - ``dinov2_vits14``: the paper's frozen DINOv2 ViT-S/14 (timm ``vit_small_patch14_dinov2``),
   loading the official ``dinov2_vits14_pretrain.pth`` layout through timm's checkpoint filter.
-- ``sam``: SAM's own image embedding (256 x 64 x 64), so no second encoder pass runs;
+- ``sam``: SAM's own image embedding (256 x 64 x 64; vit_synth: 128 x 32 x 32, ``sam_dim``), so no
+  second encoder pass runs;
   ``forward`` then takes that embedding (cropped to the image region, see
   ``crop_sam_embedding``) in place of the rgb tensor.
 - ``cnn_rgb`` / ``cnn_rgbd``: a small U-shaped CNN trained from scratch (the weights-free default).
@@ -120,7 +121,7 @@ class HPGNet(nn.Module):
 
     def __init__(self, backbone: str = "cnn_rgbd", *, width: int = 32,
                  input_size: tuple[int, int] = (336, 448), head_channels: int = 256,
-                 backbone_checkpoint: str | None = None) -> None:
+                 backbone_checkpoint: str | None = None, sam_dim: int = SAM_EMBED_DIM) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown HPG backbone {backbone!r}; choose one of {list(BACKBONES)}")
@@ -128,6 +129,7 @@ class HPGNet(nn.Module):
         self.width = int(width)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.head_channels = int(head_channels)
+        self.sam_dim = int(sam_dim)  # channels of the SAM embedding (backbone 'sam': the decoder dim)
         self.uses_depth = backbone == "cnn_rgbd"
         if backbone in ("cnn_rgb", "cnn_rgbd"):
             self.backbone = SmallCNN(4 if self.uses_depth else 3, self.width)
@@ -148,7 +150,7 @@ class HPGNet(nn.Module):
                 cin = self.backbone.embed_dim
             else:
                 self.backbone = None
-                cin = SAM_EMBED_DIM
+                cin = self.sam_dim
             ch = self.head_channels
             chans = [ch, ch // 2, ch // 4, ch // 8]
             blocks, prev = [], cin
@@ -161,9 +163,12 @@ class HPGNet(nn.Module):
 
     def arch(self) -> dict[str, Any]:
         """Hyper-parameters stored in a checkpoint so it rebuilds itself."""
-        return {"backbone": self.backbone_name, "width": self.width,
-                "input_height": self.input_size[0], "input_width": self.input_size[1],
-                "head_channels": self.head_channels}
+        out = {"backbone": self.backbone_name, "width": self.width,
+               "input_height": self.input_size[0], "input_width": self.input_size[1],
+               "head_channels": self.head_channels}
+        if self.backbone_name == "sam":
+            out["sam_dim"] = self.sam_dim
+        return out
 
     def train(self, mode: bool = True) -> HPGNet:
         super().train(mode)
@@ -197,8 +202,8 @@ class HPGNet(nn.Module):
             else:
                 out_hw = self.input_size
                 feat = rgb
-                if feat.shape[1] != SAM_EMBED_DIM:
-                    raise ValueError(f"HPG backbone 'sam' takes SAM's image embedding (B,256,h,w), "
+                if feat.shape[1] != self.sam_dim:
+                    raise ValueError(f"HPG backbone 'sam' takes SAM's image embedding (B,{self.sam_dim},h,w), "
                                      f"got {tuple(feat.shape)}")
             y = feat
             gh, gw = feat.shape[-2:]
@@ -324,6 +329,7 @@ def load_hpg_checkpoint(path: str | Path, device: str = "cpu",
     model = HPGNet(arch["backbone"], width=int(arch["width"]),
                    input_size=(int(arch["input_height"]), int(arch["input_width"])),
                    head_channels=int(arch.get("head_channels", 256)),
+                   sam_dim=int(arch.get("sam_dim", SAM_EMBED_DIM)),
                    backbone_checkpoint=backbone_checkpoint if head_only else None)
     target = model.state_dict()
     if head_only:

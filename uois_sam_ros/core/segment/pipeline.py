@@ -153,9 +153,9 @@ class UOISPipeline:
             elif config.hdnet.checkpoint:
                 # refuses an HDNet trained on another SAM model type; warns on other SAM weights
                 self.hdnet = load_hdnet(config.hdnet.checkpoint, str(device), sam_model_type=config.sam.model_type,
-                                        sam_checkpoint=config.sam.checkpoint)
+                                        sam_checkpoint=config.sam.checkpoint, sam_token_dim=self.segmenter.token_dim)
             elif config.sam.allow_random_weights:
-                self.hdnet = HDNet()  # random, for tests/benchmarks only (like the random SAM)
+                self.hdnet = HDNet.for_sam(self.segmenter.model)  # random, for tests/benchmarks (like the random SAM)
             else:
                 raise CheckpointError(
                     f"pipeline.method={self.method} needs HDNet weights: set hdnet.checkpoint, or use "

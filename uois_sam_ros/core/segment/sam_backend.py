@@ -1,8 +1,11 @@
 """Segment Anything as a PromptableSegmenter, with the tokens HDNet needs.
 
 Architectures: vit_h / vit_l / vit_b (segment-anything), vit_t (MobileSAM's TinyViT, module
-``mobile_sam``) and vit_tiny, a test/CI architecture (ViT encoder embed 192, depth 4, 3 heads,
-any image_size; random weights only) so that the whole path runs fast without official files.
+``mobile_sam``), vit_synth (a small SAM trained here on synthetic scenes by uois-sam-train-sam;
+segment-anything's own Sam / ImageEncoderViT / PromptEncoder / MaskDecoder classes in a small
+configuration that its checkpoint stores next to the weights) and vit_tiny, a test/CI
+architecture (ViT encoder embed 192, depth 4, 3 heads, any image_size; random weights only) so
+that the whole path runs fast without official files.
 
 Decoding: the image embedding is computed once per frame (segment-anything's SamPredictor,
 which also owns the ResizeLongestSide transforms). All K prompts are then decoded in batches
@@ -18,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,10 +42,28 @@ from torchvision.ops.boxes import batched_nms
 from uois_sam_ros.core.config import SamConfig, resolve_device
 from uois_sam_ros.core.segment.backend import Decoded
 from uois_sam_ros.core.types import Frame, Prompts
-from uois_sam_ros.core.weights import OFFICIAL, CheckpointError, load_checked, read_state_dict
+from uois_sam_ros.core.weights import (
+    OFFICIAL,
+    CheckpointError,
+    load_checked,
+    load_torch_file,
+    read_state_dict,
+)
 
-SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "vit_tiny")
+SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "vit_synth", "vit_tiny")
 TEST_ONLY_TYPES = ("vit_tiny",)
+SYNTH_FORMAT = "uois_sam_ros.sam_synth"
+SYNTH_VERSION = 1
+SYNTH_FILENAME = "sam_vit_synth.pt"
+
+# vit_synth: a 512-px encoder (a 640x480 frame becomes 512x384, so 10-px objects stay ~8 px wide),
+# 32x32 embedding grid, windowed attention (8x8 windows tile the grid exactly) with two global
+# blocks, and a 128-dim prompt encoder / two-way decoder. About 3.4M parameters, 14 MB in fp32.
+VIT_SYNTH_ARCH: dict[str, Any] = {
+    "img_size": 512, "patch_size": 16, "embed_dim": 160, "depth": 6, "num_heads": 5, "mlp_ratio": 4.0,
+    "window_size": 8, "global_attn_indexes": [2, 5], "decoder_dim": 128, "decoder_depth": 2,
+    "decoder_heads": 4, "decoder_mlp_dim": 1024, "iou_head_hidden_dim": 256, "mask_in_chans": 16,
+}
 
 
 def _build_mobile_sam_vit_t() -> nn.Module:
@@ -72,10 +94,131 @@ def _build_vit_tiny(image_size: int) -> Sam:
     )
 
 
-def build_sam_architecture(model_type: str, image_size: int = 1024) -> nn.Module:
-    """The architecture with random weights (load_sam puts the official weights in)."""
+def check_synth_arch(arch: Any, where: str = "vit_synth arch") -> dict[str, Any]:
+    """A vit_synth architecture dict with exactly VIT_SYNTH_ARCH's keys and consistent sizes.
+
+    Raises ValueError naming what is wrong (callers turn it into a CheckpointError for files)."""
+    if not isinstance(arch, dict):
+        raise ValueError(f"{where}: expected a dict of architecture sizes, got {type(arch).__name__}")
+    missing = sorted(set(VIT_SYNTH_ARCH) - set(arch))
+    unknown = sorted(set(arch) - set(VIT_SYNTH_ARCH))
+    if missing or unknown:
+        raise ValueError(f"{where}: " + "; ".join(
+            ([f"missing keys {missing}"] if missing else []) + ([f"unknown keys {unknown}"] if unknown else [])))
+    out: dict[str, Any] = {}
+    try:
+        for k, v in arch.items():
+            if k == "global_attn_indexes":
+                out[k] = [int(i) for i in v]
+            elif k == "mlp_ratio":
+                out[k] = float(v)
+            else:
+                out[k] = int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {k}={arch[k]!r} is not a number") from None
+    img, patch, emb, dd = out["img_size"], out["patch_size"], out["embed_dim"], out["decoder_dim"]
+    problems = []
+    if min(v for k, v in out.items() if k != "global_attn_indexes") <= 0:
+        problems.append("every size must be positive")
+    elif img % patch:
+        problems.append(f"img_size {img} is not a multiple of patch_size {patch}")
+    elif (img // patch) % out["window_size"]:
+        problems.append(f"the {img // patch}x{img // patch} embedding grid is not tiled by window_size "
+                        f"{out['window_size']}")
+    if emb % max(out["num_heads"], 1):
+        problems.append(f"embed_dim {emb} is not divisible by num_heads {out['num_heads']}")
+    if dd % 8 or (dd // 2) % max(out["decoder_heads"], 1):
+        problems.append(f"decoder_dim {dd} must be a multiple of 8 whose half divides by decoder_heads "
+                        f"{out['decoder_heads']}")
+    if any(not 0 <= i < out["depth"] for i in out["global_attn_indexes"]):
+        problems.append(f"global_attn_indexes {out['global_attn_indexes']} outside depth {out['depth']}")
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+    return out
+
+
+def build_vit_synth(arch: dict[str, Any] | None = None) -> Sam:
+    """vit_synth from segment-anything's own modules; arch defaults to VIT_SYNTH_ARCH.
+
+    The image embedding has decoder_dim channels (the encoder neck's out_chans is the prompt
+    encoder's and the decoder's dim, as in every SAM), on an (img_size / patch_size)^2 grid."""
+    a = check_synth_arch(dict(VIT_SYNTH_ARCH) if arch is None else arch)
+    grid = a["img_size"] // a["patch_size"]
+    dim = a["decoder_dim"]
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=a["img_size"], patch_size=a["patch_size"], embed_dim=a["embed_dim"], depth=a["depth"],
+            num_heads=a["num_heads"], mlp_ratio=a["mlp_ratio"], out_chans=dim, qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, rel_pos_zero_init=True,
+            window_size=a["window_size"], global_attn_indexes=tuple(a["global_attn_indexes"])),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
+                                     input_image_size=(a["img_size"], a["img_size"]),
+                                     mask_in_chans=a["mask_in_chans"]),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=a["decoder_depth"], embedding_dim=dim,
+                                          mlp_dim=a["decoder_mlp_dim"], num_heads=a["decoder_heads"]),
+            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=a["iou_head_hidden_dim"]),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def default_sam_checkpoint(model_type: str = "vit_synth") -> Path | None:
+    """The vit_synth checkpoint shipped in the package (uois_sam_ros/data), when it is present."""
+    if model_type != "vit_synth":
+        return None
+    p = Path(__file__).resolve().parents[2] / "data" / SYNTH_FILENAME
+    return p if p.is_file() else None
+
+
+def save_sam_synth(path: str | Path, model: Sam, arch: dict[str, Any], meta: dict | None = None,
+                   half: bool = False) -> None:
+    """Write a vit_synth checkpoint: the arch dict, the state dict (fp16 with half) and plain meta.
+
+    Written to a temporary file first, so a run killed mid-write never leaves a truncated file."""
+    arch = check_synth_arch(arch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        state[k] = v.half() if half and v.is_floating_point() else v.clone()
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": SYNTH_FORMAT, "version": SYNTH_VERSION, "arch": arch, "meta": dict(meta or {}),
+                "state_dict": state}, tmp)
+    tmp.replace(path)
+
+
+def read_sam_synth(path: str | Path, what: str = "SAM vit_synth") -> tuple[dict[str, Any], dict, dict]:
+    """(arch, state dict, meta) of a save_sam_synth file; every failure is a CheckpointError naming it."""
+    blob = load_torch_file(path, what, kind="torch file")
+    if not isinstance(blob, dict) or blob.get("format") != SYNTH_FORMAT:
+        raise CheckpointError(f"{what} checkpoint {path} is not a vit_synth checkpoint (no format={SYNTH_FORMAT!r} "
+                              "header with its architecture; uois-sam-train-sam writes them)")
+    state = blob.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{what} checkpoint {path} does not hold a state dict of tensors")
+    try:
+        arch = check_synth_arch(blob.get("arch"), f"{what} checkpoint {path}: stored arch")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    meta = blob.get("meta") if isinstance(blob.get("meta"), dict) else {}
+    return arch, state, meta
+
+
+def build_sam_architecture(model_type: str, image_size: int = 1024, arch: dict[str, Any] | None = None) -> nn.Module:
+    """The architecture with random weights (load_sam puts the official weights in).
+
+    vit_synth is built from arch (default VIT_SYNTH_ARCH); its encoder size is arch's img_size, and
+    image_size must be that or the config default 1024 (which then means "the stored size")."""
     if model_type not in SAM_MODEL_TYPES:
         raise ValueError(f"unknown sam.model_type {model_type!r}; choose one of {list(SAM_MODEL_TYPES)}")
+    if model_type == "vit_synth":
+        a = check_synth_arch(dict(VIT_SYNTH_ARCH) if arch is None else arch)
+        if image_size not in (1024, a["img_size"]):
+            raise ValueError(f"sam.image_size={image_size}: this vit_synth encoder takes {a['img_size']} "
+                             "(its checkpoint stores the size; leave sam.image_size at its default)")
+        return build_vit_synth(a).eval()
     if model_type != "vit_tiny" and image_size != 1024:
         raise ValueError(f"sam.image_size={image_size}: the official {model_type} weights need 1024 "
                          "(only the test architecture vit_tiny accepts another size)")
@@ -90,22 +233,45 @@ def build_sam_architecture(model_type: str, image_size: int = 1024) -> nn.Module
 
 def load_sam(model_type: str, checkpoint: str | Path | None, *, allow_random: bool = False,
              device: str = "cpu", image_size: int = 1024) -> nn.Module:
-    """Build model_type and load the official checkpoint, checking every key and shape."""
+    """Build model_type and load the official checkpoint, checking every key and shape.
+
+    vit_synth: the architecture comes from the checkpoint's stored arch dict, then the same key
+    and shape checks apply (a state dict that does not fit its own arch is a CheckpointError).
+    Without a checkpoint (allow_random) it is VIT_SYNTH_ARCH with random weights."""
     device = resolve_device(device)
-    model = build_sam_architecture(model_type, image_size)
+    what = f"SAM {model_type}"
     if checkpoint is None:
+        model = build_sam_architecture(model_type, image_size)
         if not allow_random:
+            if model_type == "vit_synth":
+                shipped = default_sam_checkpoint("vit_synth")
+                hint = (f"the shipped {shipped}" if shipped else
+                        f"a {SYNTH_FILENAME} trained with uois-sam-train-sam (none is shipped in this install)")
+                raise CheckpointError(f"sam.checkpoint is not set for SAM vit_synth: give the path to {hint}, "
+                                      "or use pipeline.method=weights_free")
             hint = OFFICIAL[model_type].filename if model_type in OFFICIAL else "a checkpoint"
             raise CheckpointError(
                 f"sam.checkpoint is not set for SAM {model_type}: give the path to {hint} "
                 "(scripts/download_weights.sh fetches it), or use pipeline.method=weights_free")
+    elif model_type == "vit_synth":
+        arch, state, _ = read_sam_synth(checkpoint, what=what)
+        if image_size not in (1024, arch["img_size"]):
+            raise CheckpointError(f"sam.image_size={image_size}, but the vit_synth checkpoint {checkpoint} "
+                                  f"was trained at {arch['img_size']} (leave sam.image_size at its default)")
+        model = build_vit_synth(arch).eval()
+        load_checked(model, state, checkpoint, what=what)
     else:
-        what = f"SAM {model_type}"
+        model = build_sam_architecture(model_type, image_size)
         state = read_state_dict(checkpoint, what=what)
         load_checked(model, state, checkpoint, what=what)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device).eval()
+
+
+def sam_token_dim(model: nn.Module) -> int:
+    """The mask decoder's transformer dim: the size of T_iou / T_mask (what HDNet is built for)."""
+    return int(model.mask_decoder.transformer_dim)
 
 
 @dataclass
@@ -158,6 +324,11 @@ class SamSegmenter:
     @property
     def encoder_size(self) -> int:
         return int(self.model.image_encoder.img_size)
+
+    @property
+    def token_dim(self) -> int:
+        """Channels of the decoder tokens and of the image embedding (256 for official SAMs)."""
+        return sam_token_dim(self.model)
 
     @property
     def embedding(self) -> torch.Tensor:
