@@ -152,13 +152,20 @@ def test_sam_path_on_a_real_frame(real_rgbd_dir, hpg_net):
     _check_instances(inst, frame, -1e9, p.last_prompts, cfg)
 
 
+# A simple rendered scene: separated, opaque, upright objects of the common kinds (the default
+# generator also renders piles, stacks, transparent and camouflaged objects).
+SIMPLE_SCENE = dict(max_objects=6, stack_prob=0, touch_prob=0, lean_prob=0, pile_prob=0, transparent_prob=0,
+                    aim_jitter=0.0, lying_prob=0, spread=(0.2, 0.3), camouflage_prob=0, speckle_prob=0,
+                    shapes=("box", "cylinder", "sphere", "bowl", "mug"))
+
+
 def test_weights_free_finds_the_rendered_objects():
-    from uois_sam_ros.core.data.synthetic import generate_scene
+    from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
 
     p = UOISPipeline(config_from_dict({"pipeline": {"method": "weights_free"}}))
     assert p.method == "weights_free"
     for seed in (0, 3):
-        s = generate_scene(seed).sample()
+        s = generate_scene(seed, SceneConfig(**SIMPLE_SCENE)).sample()
         inst = p.run(s.frame())
         ids = [i for i in np.unique(s.label) if i]
         assert len(inst) == len(ids)

@@ -353,3 +353,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert train_sam_mod.main(["--synthetic", "2", "--arch", json.dumps(TINY), "--width", "160", "--height", "120",
                                "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "pass --resume" in capsys.readouterr().err
+
+
+def test_image_without_promptable_instances_gives_no_loss():
+    """A crop with no object (or only objects under min_area) is skipped, not a crash (seen at step 78)."""
+    model = _tiny()
+    img = int(model.image_encoder.img_size)
+    emb = torch.zeros(1, int(model.prompt_encoder.embed_dim), img // 16, img // 16)
+    s = train_sam_mod.Settings()
+    rng = np.random.default_rng(0)
+    empty = np.zeros((img, img), np.int64)
+    assert train_sam_mod.image_loss(model, emb, empty, rng, s, torch.device("cpu")) == (None, {})
+    speck = empty.copy()
+    speck[5, 5] = 3  # one pixel: below min_area
+    assert train_sam_mod.image_loss(model, emb, speck, rng, s, torch.device("cpu")) == (None, {})

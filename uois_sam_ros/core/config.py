@@ -82,26 +82,26 @@ class GeometricConfig:
     plane_distance: float = 0.01  # RANSAC inlier distance to the table plane, metres
     plane_iterations: int = 200  # RANSAC iterations of each plane fit
     plane_candidates: int = 4  # planes fitted in turn (table, floor, wall, ...) to choose the table from
-    table_min_step: float = 0.25  # a parallel plane this far above the largest is a table on a floor, metres
+    table_min_step: float = 0.25  # a parallel plane this far above another is a table on a floor, metres
     table_min_area: float = 0.04  # ... if its visible inliers cover this area, m^2 (a box top covers less)
     min_height: float = 0.008  # points this far above the plane belong to objects, metres
     max_height: float = 0.5  # ignore points higher than this above the table
     depth_jump: float = 0.02  # relative depth discontinuity that stops region growing
-    split_valley: float = 0.05  # objects joined by smoothed depth split at a valley this deep between their peaks, m
-    split_valley_ratio: float = 0.4  # ... or this fraction of the lower peak's height, if less (a bowl's rim stays whole)
-    enclosed_fraction: float = 0.7  # a region this much enclosed by another and behind it is its inside (0 = off)
-    halo_px: int = 24  # border band where table-coloured pixels go back to the table, px at 640x480 (0 = off)
-    halo_ratio: float = 2.0  # ... when the table's colour histogram explains the pixel this many times better
-    colour_weight: float = 1.0  # > 0 also splits regions at strong colour edges (re-joined where convex; 0 = off)
+    split_valley: float = 0.05  # objects joined by smoothed depth split at a valley this deep, metres
+    split_valley_ratio: float = 0.4  # ... or this share of the lower peak's height, if less (bowl rims stay)
+    enclosed_fraction: float = 0.7  # a region this much enclosed by another, behind it, is its inside
+    halo_px: int = 24  # depth bleed onto the table is cut to colour edges in this band, px (0 = off)
+    halo_ratio: float = 2.0  # ... if the table's colours explain a pixel this many times better
+    colour_weight: float = 1.0  # > 0: also split at strong colour edges, re-joined where convex (0 = off)
     max_prompts: int = 30  # most objects (prompts) per frame
     colour_edge: float = 30.0  # CIELAB distance that counts as a strong colour edge (scaled by colour_weight)
     concave_angle: float = 30.0  # degrees; concave creases sharper than this separate touching objects (0 = off)
     normal_step: int = 3  # pixel baseline of the depth-image normals (larger = smoother)
-    split_box_px: int = 200  # regions with a larger box (px at 640x480) are cut into superpixels and re-joined (0 = off)
+    split_box_px: int = 200  # regions with a larger box (px) get the superpixel junction test (0 = off)
     superpixel_px: int = 12  # ... superpixel spacing, px at 640x480
-    junction_px: int = 8  # pixel span (at 640x480) of the concavity test between pieces split by colour
+    junction_px: int = 8  # span (px at 640x480) of the junction test between pieces split by colour
     junction_angle: float = 15.0  # degrees; at that span, a turn this sharp and concave is a junction
-    junction_fraction: float = 0.3  # pieces split by colour re-join unless this share of their border is a junction
+    junction_fraction: float = 0.3  # colour pieces re-join unless this share of the border is a junction
     min_region_pixels: int = 150  # smallest object region at 640x480 (scaled with the image area)
     min_support: float = 0.5  # fraction of a cluster's footprint that must lie on the table
     seed: int = 1  # RANSAC seed, so that a frame always gives the same plane

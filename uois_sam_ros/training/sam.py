@@ -334,6 +334,8 @@ def image_loss(model: Sam, embedding: torch.Tensor, label_in: np.ndarray, rng: n
     img = int(model.image_encoder.img_size)
     lowres = int(model.prompt_encoder.mask_input_size[0])
     ids = pick_instances(label_in, s.prompts, s.min_area, rng)
+    if len(ids) == 0:  # no object survives the crop/min_area: nothing to learn from this image
+        return None, {}
     grid = loss_grid_hw(label_in.shape, img, lowres)
     gt_np = gt_masks(label_in, ids, grid)
     keep = gt_np.reshape(len(ids), -1).any(1)
@@ -424,6 +426,8 @@ def evaluate(model: Sam, val: ImageSource, s: Settings, device: torch.device, pr
         rgb, label = val[i]
         rgb_in, lab_in = prepare_image(rgb, label, img, None)
         ids = pick_instances(lab_in, s.val_prompts, s.min_area, rng)
+        if len(ids) == 0:
+            continue
         grid = loss_grid_hw(lab_in.shape, img, lowres)
         gt_np = gt_masks(lab_in, ids, grid)
         keep = gt_np.reshape(len(ids), -1).any(1)

@@ -1,21 +1,39 @@
-"""Weights-free backend: table plane, clusters standing on it, and prompt-driven region growing.
+"""Weights-free backend: the table plane, the objects standing on it, and prompt-driven regions.
 
-This is the default method when no SAM checkpoint is configured. Objects are what rises
-above the dominant supporting plane; they are told apart by depth discontinuities,
-concave creases between touching surfaces (objects are mostly convex, contacts are
-concave) and, optionally, strong colour edges.
+This is the default method when no SAM checkpoint is configured. Objects are what rises above
+the supporting plane. Steps, each fixing a failure seen on real RealSense frames:
+
+1. Plane: a few planes are fitted in turn (seeded RANSAC); the table is chosen among those
+   facing up, and a parallel plane well above a large one (a table standing on the floor or a
+   carpet) wins over the larger, lower one.
+2. Regions: above-table pixels are linked unless a depth discontinuity or a concave crease
+   (objects are mostly convex, contacts are concave) lies between them.
+3. Hills: the sensor smooths depth across gaps, so neighbouring objects are often joined by a
+   ramp. Each region is split into the basins of its height map, and basins are merged back
+   unless a clear valley lies between their peaks (a saddle-dynamics test), so one object with
+   a noisy top stays whole while two objects joined by a ramp come apart.
+4. Colour (colour_weight > 0): regions are cut at strong colour edges and the pieces re-joined
+   unless their common border is a concave junction or an occluding edge seen at a wider span
+   (the print on a box is convex or flat across its colour edges; two objects pressed together
+   meet in a concave corner). Regions too large for one object (split_box_px) are cut into
+   colour superpixels instead, so that an edge with gaps cannot hide where objects meet.
+5. Inside of hollow objects: a region seen through another one's opening (the inside of a mug
+   or bowl: enclosed by it, or behind its rim and level with it) is joined to it; slivers and
+   crumbs join the region they mostly border.
+6. Halo: depth bleeds onto the table around objects; a colour watershed from the object cores
+   and the table moves region borders back onto the colour edges (halo_px).
+
+Everything after the plane fit runs at a working resolution of about 320x240 (the regions are
+mapped back to full resolution, where table pixels are excluded again), so a 640x480 frame
+takes a few tenths of a second on one CPU core.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import open3d as o3d
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -25,38 +43,25 @@ from uois_sam_ros.core.segment.backend import Decoded
 from uois_sam_ros.core.types import Frame, FrameError, Prompts
 
 _REF_PIXELS = 640 * 480
-_MAX_PLANE_SAMPLES = 40000
-_MAX_PLANES = 3
-
-# open3d's RANSAC draws its samples from one process-wide random engine inside a parallel
-# loop that stops early once a good enough plane is seen, so which samples are tried (and
-# which plane wins) depended on thread timing and on other threads' fits reseeding or
-# drawing from the engine mid-fit: now and then the same frame gave a slightly different
-# table. Plane fits therefore run one at a time, single-threaded, each from a freshly seeded
-# engine. (open3d's thread limit is process-wide: other open3d work in the process runs
-# single-threaded for the few milliseconds of a fit.)
-_O3D_RANDOM_LOCK = threading.Lock()
+_MAX_PLANE_SAMPLES = 20000  # points the plane candidates are fitted on
+_RANSAC_EVAL = 2500  # points each RANSAC hypothesis is scored on
+_WORK_SHORT_SIDE = 240  # the working resolution's short side (about 320x240)
+_UP_MAX_NY = 0.3  # a supporting plane's normal points up in the image (camera y is down)
+_PARALLEL_DEG = 15.0
 
 
-@contextmanager
-def _reproducible_open3d() -> Iterator[None]:
-    """Serialise users of open3d's global random engine and run open3d single-threaded."""
-    with _O3D_RANDOM_LOCK:
-        previous = o3d.utility.get_max_threads()
-        o3d.utility.set_max_threads(1)
-        try:
-            yield
-        finally:
-            o3d.utility.set_max_threads(previous)
+@dataclass
+class PlaneCandidate:
+    """One fitted plane: unit normal towards the camera, inlier count among the samples, and the
+    metric area its inliers cover (m^2, extrapolated from the samples to the whole frame)."""
 
+    coefficients: np.ndarray
+    count: int
+    area: float
 
-def _segment_plane(points: np.ndarray, cfg: GeometricConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """open3d RANSAC plane: the same points and seed give the same plane in any thread."""
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
-    with _reproducible_open3d():
-        o3d.utility.random.seed(seed)
-        model, inl = pcd.segment_plane(cfg.plane_distance, 3, cfg.plane_iterations)
-    return np.asarray(model), np.asarray(inl, dtype=np.int64)
+    @property
+    def normal(self) -> np.ndarray:
+        return self.coefficients[:3]
 
 
 @dataclass
@@ -68,6 +73,7 @@ class TablePlane:
     height: (H, W) float32 signed height in metres, NaN where depth is invalid.
     region: (H, W) filled convex hull of the table in the image (where objects may stand).
     points: (H, W, 3) float32 back-projected points, NaN where depth is invalid.
+    candidates: every plane that was fitted, the chosen one among them.
     """
 
     coefficients: np.ndarray
@@ -75,6 +81,7 @@ class TablePlane:
     height: np.ndarray
     region: np.ndarray
     points: np.ndarray
+    candidates: list[PlaneCandidate] = field(default_factory=list)
 
     @property
     def normal(self) -> np.ndarray:
@@ -102,12 +109,12 @@ def _backproject(depth: np.ndarray, frame: Frame) -> np.ndarray:
     return np.stack([depth * u[None, :], depth * v[:, None], depth], axis=-1)
 
 
-def _refine_plane(pts: np.ndarray) -> np.ndarray:
-    """Least-squares plane through the inliers (RANSAC's 3-point plane is noisy)."""
+def _fit_ls(pts: np.ndarray) -> np.ndarray:
+    """Least-squares plane (RANSAC's 3-point plane is noisy), normal towards the camera."""
     c = pts.mean(axis=0)
     _, _, vt = np.linalg.svd(pts - c, full_matrices=False)
     n = vt[2]
-    return np.array([*n, -float(n @ c)])
+    return _orient(np.array([*n, -float(n @ c)]))
 
 
 def _orient(plane: np.ndarray) -> np.ndarray:
@@ -116,48 +123,110 @@ def _orient(plane: np.ndarray) -> np.ndarray:
     return -plane if plane[3] < 0 else plane
 
 
+def _ransac(pts: np.ndarray, dist: float, iterations: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Inlier mask of the best plane through `pts` (seeded, so the same input gives the same plane
+    in any thread), refined by least squares on its inliers."""
+    n = len(pts)
+    if n < 3:
+        return None
+    ev = (pts if n <= _RANSAC_EVAL else pts[rng.integers(0, n, _RANSAC_EVAL)]).astype(np.float32)
+    tri = pts[rng.integers(0, n, size=(max(1, iterations), 3))]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norm = np.linalg.norm(normals, axis=1)
+    ok = norm > 1e-9
+    if not ok.any():
+        return None
+    normals = normals[ok] / norm[ok, None]
+    d = -(normals * tri[ok, 0]).sum(1)
+    counts = (np.abs(ev @ normals.T.astype(np.float32) + d[None, :].astype(np.float32)) < dist).sum(0)
+    best = int(np.argmax(counts))
+    inl = np.abs(pts @ normals[best] + d[best]) < dist
+    for _ in range(2):  # least squares on the inliers, then the inliers of that plane
+        if inl.sum() < 3:
+            return None
+        plane = _fit_ls(pts[inl])
+        inl = np.abs(pts @ plane[:3] + plane[3]) < dist
+    return inl
+
+
+def _plane_candidates(sample: np.ndarray, cfg: GeometricConfig, frame: Frame, n_valid: int,
+                      min_inliers: int) -> list[PlaneCandidate]:
+    """Up to cfg.plane_candidates planes, each fitted on the samples the earlier ones left."""
+    rng = np.random.default_rng(cfg.seed)
+    k = frame.intrinsics
+    pixel_area = sample[:, 2] ** 2 / (k.fx * k.fy)  # m^2 a pixel covers facing the camera
+    rays = sample / np.linalg.norm(sample, axis=1, keepdims=True)
+    out: list[PlaneCandidate] = []
+    left = np.arange(len(sample))
+    for _ in range(max(1, cfg.plane_candidates)):
+        if len(left) < min_inliers:
+            break
+        inl = _ransac(sample[left], cfg.plane_distance, cfg.plane_iterations, rng)
+        if inl is None or inl.sum() < min_inliers:
+            break
+        idx = left[inl]
+        plane = _fit_ls(sample[idx])
+        cos = np.maximum(np.abs(rays[idx] @ plane[:3]), 0.1)  # grazing views: bounded
+        area = float((pixel_area[idx] / cos).sum()) * n_valid / len(sample)
+        out.append(PlaneCandidate(plane, int(len(idx)), area))
+        left = left[~inl]
+    return out
+
+
+def _choose_table(cands: list[PlaneCandidate], cfg: GeometricConfig) -> PlaneCandidate:
+    """The plane objects stand on.
+
+    Walls face the camera sideways (a camera looking down sees their normal pointing down in the
+    image), so only planes whose normal points up are supports, and only those parallel to the
+    one with the most points. Among those that cover a table's area (table_min_area), from the
+    lowest up, a plane replaces the current one when it lies a table's height above it
+    (table_min_step) or has more points: a table standing on a floor or a carpet beats the larger
+    floor, while the top of a box, a few centimetres up and smaller, does not beat the table.
+    """
+    up = [c for c in cands if c.normal[1] <= _UP_MAX_NY] or cands
+    ref = max(up, key=lambda c: c.count)
+    cos_par = np.cos(np.deg2rad(_PARALLEL_DEG))
+    group = sorted((c for c in up if c is ref or float(c.normal @ ref.normal) > cos_par),
+                   key=lambda c: -c.coefficients[3])  # lowest (farthest from the camera) first
+    big = [c for c in group if c.area >= cfg.table_min_area]
+    if not big:
+        return ref
+    cur = big[0]
+    for c in big[1:]:
+        if float(cur.coefficients[3] - c.coefficients[3]) >= cfg.table_min_step or c.count > cur.count:
+            cur = c
+    return cur
+
+
 def fit_table_plane(frame: Frame, cfg: GeometricConfig | None = None) -> TablePlane:
-    """Find the table: the plane with the most support among the few largest, nearest first on ties."""
+    """Find the table: see _choose_table for how it is told from a floor, a wall or a box top."""
     cfg = cfg or GeometricConfig()
     depth = _checked_depth(frame)
     pts = _backproject(depth, frame)
     valid = np.isfinite(depth)
     idx = np.flatnonzero(valid.ravel())
-    if len(idx) < 3 * max(cfg.cluster_min_points, 10):
+    min_pts = 30
+    if len(idx) < 3 * min_pts:
         raise FrameError(f"no table plane found: only {len(idx)} pixels have valid depth")
     rng = np.random.default_rng(cfg.seed)
     if len(idx) > _MAX_PLANE_SAMPLES:
-        idx = rng.choice(idx, _MAX_PLANE_SAMPLES, replace=False)
+        idx = np.sort(rng.choice(idx, _MAX_PLANE_SAMPLES, replace=False))
     sample = pts.reshape(-1, 3)[idx].astype(np.float64)
-    candidates: list[tuple[int, np.ndarray]] = []
-    remaining = sample
-    min_inliers = max(int(0.05 * len(sample)), 3 * cfg.cluster_min_points)
-    for k in range(_MAX_PLANES):
-        if len(remaining) < min_inliers:
-            break
-        _, inl = _segment_plane(remaining, cfg, cfg.seed + k)
-        if len(inl) < min_inliers:
-            break
-        candidates.append((len(inl), _orient(_refine_plane(remaining[inl]))))
-        keep = np.ones(len(remaining), bool)
-        keep[inl] = False
-        remaining = remaining[keep]
-    if not candidates:
+    min_inliers = max(int(0.03 * len(sample)), min_pts)
+    cands = _plane_candidates(sample, cfg, frame, int(valid.sum()), min_inliers)
+    if not cands:
         raise FrameError(f"no table plane found: no plane has {min_inliers} of {len(sample)} sampled "
                          f"points within {cfg.plane_distance} m")
-    # The largest plane may be the floor under the table: among well-supported planes
-    # parallel to the largest one, the table is the one nearest the camera (smallest d).
-    big_count, big = max(candidates, key=lambda c: c[0])
-    parallel = [p for c, p in candidates
-                if c >= 0.4 * big_count and abs(float(p[:3] @ big[:3])) > np.cos(np.deg2rad(15.0))]
-    plane = min(parallel, key=lambda p: p[3])
+    plane = _choose_table(cands, cfg).coefficients
     height = (pts @ plane[:3].astype(np.float32) + np.float32(plane[3])).astype(np.float32)
-    near = valid & (np.abs(height) < cfg.plane_distance)
-    plane = _orient(_refine_plane(pts[near].astype(np.float64)))
+    near = np.flatnonzero((valid & (np.abs(height) < cfg.plane_distance)).ravel())
+    if len(near) > _MAX_PLANE_SAMPLES:
+        near = near[np.linspace(0, len(near) - 1, _MAX_PLANE_SAMPLES).astype(np.int64)]
+    plane = _fit_ls(pts.reshape(-1, 3)[near].astype(np.float64))
     height = (pts @ plane[:3].astype(np.float32) + np.float32(plane[3])).astype(np.float32)
     # Pixels min_height above the plane belong to objects, even within the RANSAC distance.
     inliers = valid & (np.abs(height) < cfg.plane_distance) & (height <= cfg.min_height)
-    return TablePlane(plane, inliers, height, _table_region(inliers), pts)
+    return TablePlane(plane, inliers, height, _table_region(inliers), pts, cands)
 
 
 def _table_region(inliers: np.ndarray) -> np.ndarray:
@@ -169,7 +238,7 @@ def _table_region(inliers: np.ndarray) -> np.ndarray:
     if n <= 1:
         return region.astype(bool)
     areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = 1 + np.flatnonzero(areas >= max(0.1 * areas.max(), 0.002 * inliers.size))
+    keep = 1 + np.flatnonzero(areas >= max(0.1 * areas.max(), min(0.002 * inliers.size, areas.max())))
     ys, xs = np.nonzero(np.isin(lab, keep))
     hull = cv2.convexHull(np.stack([xs, ys], axis=1).astype(np.int32))
     cv2.fillConvexPoly(region, hull, 1)
@@ -201,98 +270,660 @@ def _span(x: np.ndarray, axis: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take(x, i, axis=axis), np.take(x, j, axis=axis)
 
 
+def _downsample_points(pts: np.ndarray, s: int, jump: float) -> np.ndarray:
+    """(ceil(H/s), ceil(W/s), 3) points: the mean of each s x s block where its valid depths agree
+    (within the relative depth jump; averaging lowers the noise the normals see), else the
+    block's centre pixel (a block across a depth edge must not make a flying point)."""
+    if s == 1:
+        return pts
+    H, W, _ = pts.shape
+    hb, wb = -(-H // s), -(-W // s)
+    pad = np.full((hb * s, wb * s, 3), np.nan, np.float32)
+    pad[:H, :W] = pts
+    z = pad[..., 2]
+    ok = np.isfinite(z)
+    kernel = np.ones((s, s), np.uint8)
+    anchor = (0, 0)
+    zmin = cv2.erode(np.where(ok, z, np.inf).astype(np.float32), kernel, anchor=anchor,
+                     borderType=cv2.BORDER_REPLICATE)[::s, ::s]
+    zmax = cv2.dilate(np.where(ok, z, -np.inf).astype(np.float32), kernel, anchor=anchor,
+                      borderType=cv2.BORDER_REPLICATE)[::s, ::s]
+    cnt = cv2.resize(ok.astype(np.float32), (wb, hb), interpolation=cv2.INTER_AREA)
+    total = cv2.resize(np.where(ok[..., None], pad, 0).astype(np.float32), (wb, hb),
+                       interpolation=cv2.INTER_AREA)
+    mean = total / np.maximum(cnt, 1e-6)[..., None]
+    with np.errstate(invalid="ignore"):
+        good = (2 * cnt >= 1.0) & (zmax - zmin <= jump * zmin)
+    centre = pad[s // 2::s, s // 2::s][:hb, :wb]
+    return np.where(good[..., None], mean, centre).astype(np.float32)
+
+
+def _smooth_over(x: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of x over the mask only (normalised convolution); 0 outside it."""
+    w = mask.astype(np.float32)
+    num = cv2.GaussianBlur(np.where(mask, x, 0).astype(np.float32), (0, 0), sigma)
+    den = cv2.GaussianBlur(w, (0, 0), sigma)
+    return np.where(mask, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+
+
+def _hill_basins(h: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Steepest-ascent basins of h over fg: each pixel follows its highest 8-neighbour up to a
+    local maximum; pixels sharing a maximum form a basin. (H, W) int64 ids (the maximum's flat
+    index), -1 off fg. Ties break towards the lower index, so the result is deterministic."""
+    hh, ww = h.shape
+    idx = np.arange(hh * ww, dtype=np.int64).reshape(hh, ww)
+    val = np.where(fg, h, -np.inf)
+    pv = np.pad(val, 1, constant_values=-np.inf)
+    pi = np.pad(idx, 1, constant_values=-1)
+    best, bestv = idx.copy(), val.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            v = pv[1 + dy:1 + dy + hh, 1 + dx:1 + dx + ww]
+            better = v > bestv
+            best[better] = pi[1 + dy:1 + dy + hh, 1 + dx:1 + dx + ww][better]
+            bestv[better] = v[better]
+    parent = best.ravel()
+    for _ in range(64):
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            break
+        parent = nxt
+    return np.where(fg.ravel(), parent, -1).reshape(hh, ww)
+
+
+def _max_by_label(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """(n,) maximum of values per label 0..n-1 (-inf where a label has none)."""
+    out = np.full(n, -np.inf)
+    present = np.unique(labels)
+    out[present] = ndimage.maximum(values, labels, present)
+    return out
+
+
+def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return lo.astype(np.int64) * n + hi
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        p = self.parent
+        while p[a] != a:
+            p[a] = p[p[a]]
+            a = p[a]
+        return a
+
+
 class _Segments:
-    """One frame's region structure: connected components of above-table pixels whose
-    neighbour links cross no depth jump, concave crease or (optionally) colour edge."""
+    """One frame's region structure (see the module docstring): self.labels is the (H, W) int32
+    map of object regions 1..N at frame resolution, 0 for table and background."""
 
     def __init__(self, frame: Frame, cfg: GeometricConfig) -> None:
         self.cfg = cfg
         self.frame = frame
         self.plane = fit_table_plane(frame, cfg)
-        h, w = frame.height, frame.width
-        self.min_pixels = max(10, int(round(cfg.min_region_pixels * h * w / _REF_PIXELS)))
-        height = self.plane.height
-        pts = self.plane.points
+        H, W = frame.height, frame.width
+        self.min_pixels = max(10, int(round(cfg.min_region_pixels * H * W / _REF_PIXELS)))
+        self.valid = np.isfinite(self.plane.height)
+        self.above = self.valid & (self.plane.height > cfg.min_height) & (self.plane.height < cfg.max_height)
+        s = max(1, int(round(min(H, W) / _WORK_SHORT_SIDE)))
+        self.stride = s
+        self.labels_shape = (H, W)
+        work = self._segment_work(s)
+        # Back to frame resolution: each pixel takes its working cell's region, and only pixels
+        # that rise above the table keep it (holes are filled per mask in mask_of).
+        self.labels, self._slices = self._renumber(self._to_full(work, s))
+
+    def _to_full(self, work: np.ndarray, s: int) -> np.ndarray:
+        """Working-resolution regions at frame resolution: each pixel takes its cell's region;
+        pixels on or below the table drop it, and above-table pixels next to a region (cut off by
+        the coarser grid) join it."""
+        H, W = self.labels_shape
+        rows = np.minimum(np.arange(H) // s, work.shape[0] - 1)
+        cols = np.minimum(np.arange(W) // s, work.shape[1] - 1)
+        full = work.astype(np.int32)[rows[:, None], cols[None, :]]
+        if s == 1:
+            return full
+        full[self.valid & (self.plane.height <= self.cfg.min_height)] = 0
+        if full.max() < np.iinfo(np.uint16).max:
+            grown = full.astype(np.uint16)
+            kernel = np.ones((3, 3), np.uint8)
+            for _ in range(s):
+                grown = cv2.dilate(grown, kernel)
+            fill = (full == 0) & self.above & (grown > 0)
+            full[fill] = grown[fill]
+        return full
+
+    # ------------------------------------------------------------------ working resolution
+    def _segment_work(self, s: int) -> np.ndarray:
+        cfg = self.cfg
+        pts = _downsample_points(self.plane.points, s, cfg.depth_jump)
+        plane = self.plane.coefficients
+        height = (pts @ plane[:3].astype(np.float32) + np.float32(plane[3])).astype(np.float32)
+        hw, ww = height.shape
         depth = pts[..., 2]
-        self.valid = np.isfinite(depth)
-        above = self.valid & (height > cfg.min_height) & (height < cfg.max_height)
-        self.above = above
+        valid = np.isfinite(depth)
+        above = valid & (height > cfg.min_height) & (height < cfg.max_height)
+        inliers = valid & (np.abs(height) < cfg.plane_distance) & (height <= cfg.min_height)
+        rgb = cv2.resize(self.frame.rgb, (ww, hw), interpolation=cv2.INTER_AREA) if s > 1 else self.frame.rgb
+        npx = hw * ww
+        ref = min(self.frame.height, self.frame.width) / 480  # pixel sizes are given at 640x480
+        min_px = max(5, int(round(cfg.min_region_pixels * npx / _REF_PIXELS)))
         lab = None
         if cfg.colour_weight > 0:
-            blur = cv2.GaussianBlur(frame.rgb, (3, 3), 0)
+            blur = cv2.GaussianBlur(rgb, (3, 3), 0)
             lab = cv2.cvtColor(blur.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-        normals = _normals(pts, cfg.normal_step) if cfg.concave_angle > 0 else None
-        rows, cols = [], []
-        ids = np.arange(h * w).reshape(h, w)
+        step = max(1, round(cfg.normal_step / s))
+        normals = _normals(pts, step) if cfg.concave_angle > 0 else None
+        jspan = max(2, round(cfg.junction_px * ref / s))
+        if lab is not None:
+            # The junction test looks across a wider span on smoothed normals: depth noise of a
+            # few millimetres turns pixel-scale normals by tens of degrees.
+            sm = np.stack([_smooth_over(pts[..., i], above, jspan / 2) for i in range(3)], -1)
+            sm = np.where(above[..., None], sm, pts)
+            jnormals = _normals(sm, max(1, jspan // 2))
+        ids = np.arange(npx).reshape(hw, ww)
+        # Every link between two above-table neighbours: geometry keeps it (no depth jump, no
+        # concave crease), colour keeps it (no strong colour edge), and, at a wider span, whether
+        # it crosses a concave junction (for re-joining pieces that colour alone separated).
+        la_, lb_, geo_, col_, cav_ = [], [], [], [], []
         for axis in (0, 1):
             a = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
             b = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
-            keep = above[a] & above[b]
+            both = above[a] & above[b]
             da, db = depth[a], depth[b]
             with np.errstate(invalid="ignore"):
-                keep &= np.abs(da - db) <= cfg.depth_jump * np.minimum(da, db)
+                geo = np.abs(da - db) <= cfg.depth_jump * np.minimum(da, db)
+            if cfg.concave_angle > 0:
+                geo &= ~self._concave(pts, normals, axis, step, cfg.concave_angle)
+            col = np.zeros(geo.shape, np.float32)
+            cav = np.zeros_like(geo)
             if lab is not None:
-                la, lb = _span(lab, axis, 1)
-                de = np.linalg.norm(la - lb, axis=-1)
-                keep &= de * cfg.colour_weight <= cfg.colour_edge
-            if normals is not None:
-                keep &= ~self._concave(pts, normals, axis, cfg)
-            rows.append(ids[a][keep])
-            cols.append(ids[b][keep])
-        r = np.concatenate(rows)
-        c = np.concatenate(cols)
-        graph = coo_matrix((np.ones(len(r), np.uint8), (r, c)), shape=(h * w, h * w))
-        _, comp = connected_components(graph, directed=False)
-        comp = comp.reshape(h, w) + 1
-        comp[~above] = 0
-        comp = self._split_by_clusters(comp)
-        sizes = np.bincount(comp.ravel())
-        drop = sizes < self.min_pixels
-        drop[0] = True
-        # Flat regions barely above the plane are depth noise on the table (bands along its
-        # far edge, specks), not objects: an object rises clearly above min_height somewhere.
-        for k in np.flatnonzero(~drop):
-            if np.percentile(height[comp == k], 90) < 1.5 * cfg.min_height:
-                drop[k] = True
-        comp[drop[comp]] = 0
-        # Renumber 1..N so label maps stay small.
-        _, inv = np.unique(comp, return_inverse=True)
-        self.labels = inv.reshape(h, w).astype(np.int32) + int(not (comp == 0).any())
+                l1, l2 = _span(lab, axis, 1)
+                col = np.linalg.norm(l1 - l2, axis=-1) * cfg.colour_weight
+                cav = self._concave(sm, jnormals, axis, jspan, cfg.junction_angle) | \
+                    self._occluding(pts, axis, jspan)
+            la_.append(ids[a][both])
+            lb_.append(ids[b][both])
+            geo_.append(geo[both])
+            col_.append(col[both])
+            cav_.append(cav[both])
+        la, lb = np.concatenate(la_), np.concatenate(lb_)
+        geo, col, cav = np.concatenate(geo_), np.concatenate(col_), np.concatenate(cav_)
+        comp = self._components(la[geo], lb[geo], above)
+        hs = _smooth_over(np.nan_to_num(height), above, 1.0)
+        regions = self._split_hills(comp, hs, above, la[geo], lb[geo])
+        if lab is not None:
+            blur = cv2.GaussianBlur(rgb, (3, 3), 0)
+            regions = self._split_colour(regions, la, lb, geo, col, cav, above, blur, min_px)
+            big = self._oversized(regions, hs)
+            if cfg.split_box_px > 0 and big.any():
+                regions = self._split_colour(regions, la, lb, geo, col, cav, above, blur, min_px, only=big)
+        regions = self._join_parts(regions, pts, hs, rgb)
+        regions = self._absorb_slivers(regions, min_px)
+        regions = self._drop_small_and_flat(regions, height, min_px)
+        if cfg.halo_px > 0:
+            band = max(1, round(cfg.halo_px * ref / s))
+            regions = self._trim_halo(regions, cv2.GaussianBlur(rgb, (3, 3), 0), inliers, band, min_px)
+        return regions
 
-    def _split_by_clusters(self, comp: np.ndarray) -> np.ndarray:
-        """DBSCAN on voxel centroids of the object points: drops flying pixels and splits
-        what is apart in 3-D even where the image regions touch."""
-        cfg = self.cfg
-        ys, xs = np.nonzero(comp > 0)
-        if len(ys) == 0:
-            return comp
-        p = self.plane.points[ys, xs].astype(np.float64)
-        keys = np.floor(p / cfg.voxel_size).astype(np.int64)
-        _, inv, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        inv = inv.ravel()
-        cent = np.zeros((len(counts), 3))
-        np.add.at(cent, inv, p)
-        cent /= counts[:, None]
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cent))
-        vlab = np.asarray(pcd.cluster_dbscan(cfg.cluster_eps, cfg.cluster_min_points))[inv]
-        out = np.zeros_like(comp, dtype=np.int64)
-        ok = vlab >= 0
-        out[ys[ok], xs[ok]] = (vlab[ok].astype(np.int64) * (int(comp.max()) + 1) + comp[ys[ok], xs[ok]] + 1)
-        return out
-
-    def _concave(self, pts: np.ndarray, normals: np.ndarray, axis: int, cfg: GeometricConfig) -> np.ndarray:
+    @staticmethod
+    def _concave(pts: np.ndarray, normals: np.ndarray, axis: int, step: int, angle: float) -> np.ndarray:
         """Links that cross a concave crease: normals `step` pixels to either side turn
-        against the direction of travel by more than concave_angle."""
-        s = max(1, int(cfg.normal_step))
-        na, nb = _span(normals, axis, s - 1)
-        pa, pb = _span(pts, axis, s - 1)
+        against the direction of travel by more than `angle` degrees."""
+        na, nb = _span(normals, axis, step - 1)
+        pa, pb = _span(pts, axis, step - 1)
         cos = (na * nb).sum(-1)
         with np.errstate(invalid="ignore"):
             turn = ((nb - na) * (pb - pa)).sum(-1)
-            return (cos < np.cos(np.deg2rad(cfg.concave_angle))) & (turn < 0)
+            return (cos < np.cos(np.deg2rad(angle))) & (turn < 0)
 
-    def region(self, x: float, y: float) -> np.ndarray | None:
-        """Mask of the region under (x, y), snapping to a region within a few pixels."""
+    @staticmethod
+    def _occluding(pts: np.ndarray, axis: int, step: int) -> np.ndarray:
+        """Links across an occluding edge that the sensor smoothed into a ramp: the points `step`
+        pixels to either side lie more than a centimetre apart and nearly along the viewing ray
+        (within 25 degrees), as no surface of one object seen from the front does."""
+        pa, pb = _span(pts, axis, step - 1)
+        d = pb - pa
+        ray = pa + pb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dn = np.linalg.norm(d, axis=-1)
+            cos = np.abs((d * ray).sum(-1)) / (dn * np.linalg.norm(ray, axis=-1))
+            return (dn > 0.01) & (cos > np.cos(np.deg2rad(25.0)))
+
+    @staticmethod
+    def _components(r: np.ndarray, c: np.ndarray, above: np.ndarray) -> np.ndarray:
+        """Connected components of the above-table pixels over the links (r, c); 0 elsewhere."""
+        npx = above.size
+        graph = coo_matrix((np.ones(len(r), np.uint8), (r, c)), shape=(npx, npx))
+        _, comp = connected_components(graph, directed=False)
+        comp = comp.reshape(above.shape).astype(np.int64) + 1
+        comp[~above] = 0
+        return comp
+
+    def _split_colour(self, regions: np.ndarray, la: np.ndarray, lb: np.ndarray, geo: np.ndarray,
+                      col: np.ndarray, cav: np.ndarray, above: np.ndarray, rgb: np.ndarray,
+                      min_px: int, only: np.ndarray | None = None) -> np.ndarray:
+        """Split regions at colour edges, then join the pieces back unless their common border is
+        a concave junction (or a depth jump): the print on a box or a can is convex or flat
+        across its colour edges, while two objects pressed together meet in a concave corner,
+        however much the sensor blurs it. Pieces only join within the region they came from.
+
+        Pieces are the areas that strong colour edges (colour_edge) enclose; with `only` (a flag
+        per region) the flagged regions are cut into colour superpixels instead (a colour
+        watershed from a grid of seeds), whose borders follow the colour edges even where an
+        edge has gaps, so that every place where one object meets the next is tested."""
+        if only is None:
+            keep = geo & (col <= self.cfg.colour_edge)
+            sp = self._components(la[keep], lb[keep], above)
+        else:
+            sp = self._superpixels(regions, above, rgb, only)
+            if sp is None:
+                return regions
+        key = regions * (int(sp.max()) + 1) + sp
+        key[~above] = 0
+        _, piece = np.unique(key, return_inverse=True)
+        piece = piece.reshape(regions.shape)
+        reg = regions.ravel()
+        same = reg[la] == reg[lb]
+        # Crumbs: pieces too small to be an object, and slivers with hardly any pixel inside them
+        # (the colour test cuts every link of a strip one or two pixels wide, such as the band
+        # along a colour edge or a face seen at a grazing angle). First each joins, once, the
+        # neighbour it shares most border with (they would otherwise bridge two objects, or keep
+        # the two sides of a colour edge from ever meeting); then the pieces left face the test.
+        n = int(piece.max()) + 1
+        inner = np.zeros(piece.shape, bool)
+        c0 = piece[1:-1, 1:-1]
+        inner[1:-1, 1:-1] = ((c0 == piece[:-2, 1:-1]) & (c0 == piece[2:, 1:-1])
+                             & (c0 == piece[1:-1, :-2]) & (c0 == piece[1:-1, 2:]))
+        size = np.bincount(piece.ravel(), minlength=n)
+        crumb = (size < min_px) | (np.bincount(piece[inner], minlength=n) < 0.25 * size)
+        crumb[0] = False
+        uf = _UnionFind(n)
+        pairs = self._pairs(piece, la, lb, same, n)
+        if pairs is None:
+            return regions
+        uk, total, _ = pairs
+        pa_u, pb_u = uk // n, uk % n
+        attached = ~crumb
+        order = np.argsort(-total, kind="stable")
+        for _ in range(3):  # crumbs next to crumbs only attach once their neighbour has
+            for idx in order:
+                for x, y in ((int(pa_u[idx]), int(pb_u[idx])), (int(pb_u[idx]), int(pa_u[idx]))):
+                    if not attached[x] and attached[y]:
+                        uf.parent[uf.find(x)] = uf.find(y)
+                        attached[x] = True
+            if attached.all():
+                break
+        root = np.array([uf.find(i) for i in range(n)])
+        piece = root[piece]
+        # The junction test between the pieces now left. Every link along a common border votes:
+        # a depth jump or a crease counts against joining as much as a concave junction does.
+        bad = cav | ~geo
+        pairs = self._pairs(piece, la, lb, same, n, bad)
+        if pairs is None:
+            return np.where(above, piece, 0)
+        uk, total, against = pairs
+        ok = against < self.cfg.junction_fraction * total
+        for kk in uk[ok]:
+            a, b = uf.find(int(kk // n)), uf.find(int(kk % n))
+            if a != b:
+                uf.parent[b] = a
+        root = np.array([uf.find(i) for i in range(n)])
+        out = root[piece]
+        out[~above] = 0
+        return out
+
+    @staticmethod
+    def _pairs(piece: np.ndarray, la: np.ndarray, lb: np.ndarray, same: np.ndarray, n: int,
+               bad: np.ndarray | None = None) -> tuple | None:
+        """Neighbouring pieces (links within one region): pair keys, links per pair, and of those
+        the `bad` ones."""
+        flat = piece.ravel()
+        pa, pb = flat[la], flat[lb]
+        sel = (pa != pb) & same & (pa > 0) & (pb > 0)
+        if not sel.any():
+            return None
+        k = _pair_keys(pa[sel], pb[sel], n)
+        uk, inv = np.unique(k, return_inverse=True)
+        total = np.bincount(inv)
+        against = np.bincount(inv, weights=bad[sel].astype(np.float64)) if bad is not None else None
+        return uk, total, against
+
+    def _superpixels(self, regions: np.ndarray, above: np.ndarray, rgb: np.ndarray,
+                     only: np.ndarray) -> np.ndarray | None:
+        """Colour watershed superpixels inside the flagged regions (0 elsewhere)."""
+        g = max(3, int(round(self.cfg.superpixel_px * min(self.frame.height, self.frame.width) / 480
+                             / self.stride)))
+        hh, ww = regions.shape
+        inside = above & only[regions]
+        markers = np.zeros((hh, ww), np.int32)
+        ys, xs = np.mgrid[g // 2:hh:g, g // 2:ww:g]
+        ys, xs = ys.ravel(), xs.ravel()
+        on = inside[ys, xs]
+        if on.sum() < 2:
+            return None
+        markers[ys[on], xs[on]] = np.arange(1, int(on.sum()) + 1, dtype=np.int32)
+        cv2.watershed(np.ascontiguousarray(rgb), markers)
+        sp = np.maximum(markers, 0)
+        # Watershed lines (-1) take a neighbouring superpixel.
+        line = inside & (sp == 0)
+        if line.any():
+            grown = cv2.dilate(sp.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+            sp[line] = grown[line]
+        sp[~inside] = 0
+        return sp
+
+    def _oversized(self, regions: np.ndarray, hs: np.ndarray) -> np.ndarray:
+        """Per region id: its box exceeds split_box_px (at 640x480) in height or width, but not
+        twice that, and it does not rise to near max_height: a wall or furniture behind the
+        table would only fall apart into object-sized pieces."""
+        H, W = self.labels_shape
+        lim_h = self.cfg.split_box_px * H / 480 / self.stride
+        lim_w = self.cfg.split_box_px * W / 640 / self.stride
+        out = np.zeros(int(regions.max()) + 1, bool)
+        for k, sl in enumerate(ndimage.find_objects(regions), start=1):
+            if sl is None:
+                continue
+            bh, bw = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+            if (bh > lim_h or bw > lim_w) and bh <= 2 * lim_h and bw <= 2 * lim_w:
+                out[k] = np.percentile(hs[sl][regions[sl] == k], 95) < 0.8 * self.cfg.max_height
+        return out
+
+    def _split_hills(self, comp: np.ndarray, hs: np.ndarray, above: np.ndarray,
+                     r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Regions -> hills: basins of the smoothed height inside each region, merged in order of
+        falling saddle height unless the lower peak stands clearly above the saddle (a valley
+        of split_valley, or split_valley_ratio of that peak's height, at least 4 mm)."""
+        cfg = self.cfg
+        basin = _hill_basins(hs, above)
+        key = comp * (basin.size + 1) + basin + 1
+        key[~above] = 0
+        uniq, piece = np.unique(key, return_inverse=True)
+        piece = piece.reshape(comp.shape)  # 0 = background (key 0 sorts first)
+        n = len(uniq)
+        if n <= 2:
+            return (piece > 0).astype(np.int64)
+        flat = piece.ravel()
+        peak = _max_by_label(hs.ravel(), flat, n)
+        pa, pb = flat[r], flat[c]
+        cross = (pa != pb) & (pa > 0) & (pb > 0)
+        if cross.any():
+            sad = np.minimum(hs.ravel()[r[cross]], hs.ravel()[c[cross]])
+            k = _pair_keys(pa[cross], pb[cross], n)
+            order = np.lexsort((-sad, k))
+            k, sad = k[order], sad[order]
+            first = np.r_[True, k[1:] != k[:-1]]
+            pk, ps = k[first], sad[first]  # the highest pass between each pair
+            uf = _UnionFind(n)
+            top = peak.tolist()
+            for i in np.argsort(-ps, kind="stable"):
+                a, b = uf.find(int(pk[i] // n)), uf.find(int(pk[i] % n))
+                if a == b:
+                    continue
+                low = min(top[a], top[b])
+                valley = low - float(ps[i])
+                if valley >= max(0.004, min(cfg.split_valley, cfg.split_valley_ratio * low)):
+                    continue
+                uf.parent[b] = a
+                top[a] = max(top[a], top[b])
+            root = np.array([uf.find(i) for i in range(n)])
+            piece = root[piece]
+        piece[~above] = 0
+        return piece
+
+    def _join_parts(self, regions: np.ndarray, pts: np.ndarray, hs: np.ndarray,
+                    rgb: np.ndarray) -> np.ndarray:
+        """Join the inside of a hollow object to it. Its rim occludes the inside (a depth jump) and
+        the inside meets its walls in a concave crease, so the region steps above cut it off:
+
+        - enclosed: a region mostly surrounded by one other region (enclosed_fraction of its
+          border) and behind it, or much lower than it (the bottom of a bowl);
+        - seen through the opening: a region behind another along their common border, where
+          that border is the other's top (its rim), whose own top is level with that rim, no
+          wider than it, of a similar colour, and which together with it is hardly wider in
+          the table plane than it alone (a separate object behind would add its own width).
+        """
+        frac = self.cfg.enclosed_fraction
+        if frac <= 0:
+            return regions
+        depth = pts[..., 2]
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+        n_plane, d_plane = self.plane.normal.astype(np.float32), np.float32(self.plane.coefficients[3])
+        e1 = np.cross(n_plane, [0.0, 0.0, 1.0]).astype(np.float32)
+        if np.linalg.norm(e1) < 1e-3:
+            e1 = np.array([1.0, 0.0, 0.0], np.float32)
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(n_plane, e1).astype(np.float32)
+        for _ in range(3):
+            n = int(regions.max()) + 1
+            if n <= 2:
+                return regions
+            a = np.concatenate([regions[:-1].ravel(), regions[:, :-1].ravel()])
+            b = np.concatenate([regions[1:].ravel(), regions[:, 1:].ravel()])
+            da = np.concatenate([depth[:-1].ravel(), depth[:, :-1].ravel()])
+            db = np.concatenate([depth[1:].ravel(), depth[:, 1:].ravel()])
+            ha = np.concatenate([hs[:-1].ravel(), hs[:, :-1].ravel()])
+            hb = np.concatenate([hs[1:].ravel(), hs[:, 1:].ravel()])
+            diff = a != b
+            a, b, da, db, ha, hb = a[diff], b[diff], da[diff], db[diff], ha[diff], hb[diff]
+            # Both directions: (region, neighbour, region behind?, neighbour's height there).
+            src, dst = np.concatenate([a, b]), np.concatenate([b, a])
+            with np.errstate(invalid="ignore"):
+                behind = np.concatenate([da > db, db > da])
+            hdst = np.concatenate([hb, ha])
+            # Links to pixels without depth say nothing about what surrounds a region.
+            known = np.concatenate([np.isfinite(db), np.isfinite(da)])
+            perim = np.bincount(src[known], minlength=n)
+            sel = (src > 0) & (dst > 0)
+            if not sel.any():
+                return regions
+            k = src[sel] * n + dst[sel]
+            uk, inv = np.unique(k, return_inverse=True)
+            cnt = np.bincount(inv)
+            nbehind = np.bincount(inv, weights=behind[sel].astype(np.float64))
+            hmed = np.bincount(inv, weights=hdst[sel]) / cnt
+            top = _max_by_label(hs.ravel(), regions.ravel(), n)
+            slices = ndimage.find_objects(regions)
+            stats: dict[int, tuple | None] = {}
+            mapping = np.arange(n)
+            changed = False
+            for idx in np.argsort(-cnt, kind="stable"):
+                inner, outer = int(uk[idx] // n), int(uk[idx] % n)
+                if mapping[outer] != outer or mapping[inner] != inner or cnt[idx] < 3:
+                    continue
+                is_behind = nbehind[idx] >= 0.6 * cnt[idx]
+                enclosed = (cnt[idx] >= frac * max(perim[inner], 1)
+                            and (is_behind or top[inner] < 0.5 * top[outer]))
+                through = (is_behind and hmed[idx] >= 0.75 * top[outer]
+                           and abs(top[inner] - top[outer]) <= max(0.01, 0.15 * top[outer]))
+                if through and not enclosed:
+                    for r in (inner, outer):
+                        if r not in stats:
+                            stats[r] = self._region_stats(regions, r, slices[r - 1], pts, lab, n_plane,
+                                                          d_plane, e1, e2)
+                    through = self._same_object(stats[inner], stats[outer])
+                if enclosed or through:
+                    mapping[inner] = outer
+                    changed = True
+            if not changed:
+                break
+            regions = mapping[regions]
+        return regions
+
+    @staticmethod
+    def _region_stats(regions: np.ndarray, k: int, sl: tuple | None, pts: np.ndarray, lab: np.ndarray,
+                      n_plane: np.ndarray, d_plane: np.float32, e1: np.ndarray,
+                      e2: np.ndarray) -> tuple | None:
+        """Region k's footprint in table-plane coordinates (a subsample) and its mean chroma
+        (CIELAB a, b)."""
+        if sl is None:
+            return None
+        m = regions[sl] == k
+        p = pts[sl][m]
+        p = p[np.isfinite(p[:, 2])]
+        if len(p) == 0:
+            return None
+        if len(p) > 400:
+            p = p[np.linspace(0, len(p) - 1, 400).astype(int)]
+        q = p - (p @ n_plane + d_plane)[:, None] * n_plane[None, :]
+        uv = np.stack([q @ e1, q @ e2], 1).astype(np.float32)
+        return uv, lab[sl][m][:, 1:].mean(0)
+
+    @staticmethod
+    def _same_object(si: tuple | None, so: tuple | None) -> bool:
+        """The inner region could be seen through the outer one's opening: no wider than it, of a
+        similar colour, and together no more than 20% wider in the table plane."""
+        if si is None or so is None:
+            return False
+        if float(np.linalg.norm(si[1] - so[1])) > 30.0:
+            return False
+
+        def diam(uv: np.ndarray) -> float:
+            hull = cv2.convexHull(uv).reshape(-1, 2)
+            d = hull[:, None, :] - hull[None, :, :]
+            return float(np.sqrt((d ** 2).sum(-1).max())) if len(hull) > 1 else 0.0
+
+        d_in, d_out = diam(si[0]), diam(so[0])
+        return d_in <= 1.05 * d_out and diam(np.concatenate([si[0], so[0]])) <= 1.2 * d_out
+
+    @staticmethod
+    def _absorb_slivers(regions: np.ndarray, min_px: int) -> np.ndarray:
+        """Small pieces (under 3 x min_px) and slivers (hardly any pixel inside) that share a
+        good part of their border (30%) with a larger region join it: the rim of a lid, the edge
+        of a box seen at a grazing angle, a strip the colour test cut off."""
+        n = int(regions.max()) + 1
+        if n <= 2:
+            return regions
+        a = np.concatenate([regions[:-1].ravel(), regions[:, :-1].ravel()])
+        b = np.concatenate([regions[1:].ravel(), regions[:, 1:].ravel()])
+        diff = a != b
+        src, dst = np.concatenate([a[diff], b[diff]]), np.concatenate([b[diff], a[diff]])
+        perim = np.bincount(src, minlength=n)
+        size = np.bincount(regions.ravel(), minlength=n)
+        inner = np.zeros(regions.shape, bool)
+        c0 = regions[1:-1, 1:-1]
+        inner[1:-1, 1:-1] = ((c0 == regions[:-2, 1:-1]) & (c0 == regions[2:, 1:-1])
+                             & (c0 == regions[1:-1, :-2]) & (c0 == regions[1:-1, 2:]))
+        interior = np.bincount(regions[inner], minlength=n)
+        small = (size < 3 * min_px) | (interior < 0.25 * size)
+        sel = (src > 0) & (dst > 0) & small[src]
+        if not sel.any():
+            return regions
+        k = src[sel] * n + dst[sel]
+        uk, cnt = np.unique(k, return_counts=True)
+        mapping = np.arange(n)
+        for i in np.argsort(-cnt, kind="stable"):
+            piece, into = int(uk[i] // n), int(uk[i] % n)
+            if mapping[piece] != piece or size[into] <= size[piece] or cnt[i] < 0.3 * perim[piece]:
+                continue
+            while mapping[into] != into:
+                into = mapping[into]
+            mapping[piece] = into
+        return mapping[regions]
+
+    def _drop_small_and_flat(self, regions: np.ndarray, height: np.ndarray, min_px: int) -> np.ndarray:
+        """Regions too small to be an object, and flat ones barely above the plane (depth noise on
+        the table, bands along its far edge): an object rises clearly above min_height somewhere."""
+        n = int(regions.max()) + 1
+        sizes = np.bincount(regions.ravel(), minlength=n)
+        drop = sizes < min_px
+        drop[0] = True
+        for k, sl in enumerate(ndimage.find_objects(regions), start=1):
+            if sl is None or drop[k]:
+                continue
+            hk = height[sl][regions[sl] == k]
+            if np.percentile(np.nan_to_num(hk), 90) < 1.5 * self.cfg.min_height:
+                drop[k] = True
+        out = regions.copy()
+        out[drop[regions]] = 0
+        return out
+
+    def _trim_halo(self, regions: np.ndarray, rgb: np.ndarray, inliers: np.ndarray, band: int,
+                   min_px: int) -> np.ndarray:
+        """Move region borders onto the colour edges: the sensor's depth bleeds onto the table
+        around objects, so a depth region is too large by up to `band` pixels.
+
+        A colour watershed (OpenCV's, on the image gradient) floods from each region's core
+        (deeper than `band` inside it, or its central part when it is thinner) and from the
+        table's pixels; a border pixel the table's flood reaches first goes back to the table.
+        Pixels never join a region or change region here. Each region then keeps its largest
+        piece."""
+        fg = regions > 0
+        if not fg.any() or not inliers.any():
+            return regions
+        n = int(regions.max())
+        dist = cv2.distanceTransform(np.pad(fg, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+        deepest = _max_by_label(dist.ravel(), regions.ravel(), n + 1).astype(np.float32)
+        core = fg & (dist >= np.minimum(float(band), 0.6 * deepest)[regions])
+        markers = np.where(core, regions, 0).astype(np.int32)
+        markers[inliers] = n + 1
+        cv2.watershed(np.ascontiguousarray(rgb), markers)
+        cand = fg & (markers == n + 1)
+        if not cand.any():
+            return regions
+        # The flood can also cross a weak object-table edge and stop at a stronger edge inside a
+        # printed object: a pixel goes only if its colour is the table's rather than its core's.
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)  # 8-bit: L, a, b in 0..255
+        q = (lab[..., 0].astype(np.int64) // 32) * 256 + (lab[..., 1].astype(np.int64) // 16) * 16 \
+            + lab[..., 2].astype(np.int64) // 16
+        table = markers == n + 1
+        table &= ~fg
+        ys, xs = np.nonzero(cand)
+        qk = q[ys, xs]
+        # Colour models only of the regions that might lose pixels (compact ids 0..m-1).
+        touched = np.unique(regions[ys, xs])
+        cid = np.full(n + 1, -1, np.int64)
+        cid[touched] = np.arange(len(touched))
+        m = len(touched)
+        cr = cid[regions[core]]
+        use = cr >= 0
+        pt = np.bincount(q[table], minlength=2048).astype(np.float32)
+        pc = np.bincount(cr[use] * 2048 + q[core][use], minlength=m * 2048).astype(np.float32)
+        pt = ndimage.uniform_filter(pt.reshape(8, 16, 16), 3).ravel()
+        pc = ndimage.uniform_filter(pc.reshape(m, 8, 16, 16), (1, 3, 3, 3)).reshape(m, 2048)
+        pt = pt / max(float(pt.sum()), 1e-9) + 1e-5
+        pc = pc / np.maximum(pc.sum(1, keepdims=True), 1e-9) + 1e-5
+        keep = pt[qk] < self.cfg.halo_ratio * pc[cid[regions[ys, xs]], qk]
+        cand[ys[keep], xs[keep]] = False
+        out = regions.copy()
+        out[cand] = 0
+        # Each region keeps its largest connected piece.
+        for k, sl in enumerate(ndimage.find_objects(out), start=1):
+            if sl is None:
+                continue
+            m = out[sl] == k
+            cc_k, ncc = ndimage.label(m)
+            if ncc > 1:
+                sizes = np.bincount(cc_k.ravel())
+                sizes[0] = 0
+                out[sl][(cc_k != int(np.argmax(sizes))) & m] = 0
+        sizes = np.bincount(out.ravel())
+        small = sizes < min_px
+        small[0] = False
+        out[small[out]] = 0
+        return out
+
+    @staticmethod
+    def _renumber(labels: np.ndarray) -> tuple[np.ndarray, list]:
+        """Ids 1..N in order of first appearance (row-major), so label maps stay small."""
+        flat = labels.ravel()
+        uniq, first = np.unique(flat, return_index=True)
+        keep = uniq != 0
+        uniq, first = uniq[keep], first[keep]
+        order = uniq[np.argsort(first, kind="stable")]
+        lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int32)
+        lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+        out = lut[labels]
+        return out, ndimage.find_objects(out)
+
+    # ------------------------------------------------------------------ queries
+    def region(self, x: float, y: float) -> tuple[np.ndarray, tuple] | None:
+        """Mask (and its box) of the region under (x, y), snapping to a region within a few pixels."""
         h, w = self.labels.shape
         xi = int(np.clip(round(float(x)), 0, w - 1))
         yi = int(np.clip(round(float(y)), 0, h - 1))
@@ -304,19 +935,35 @@ class _Segments:
                 return None
             vals, counts = np.unique(win[win > 0], return_counts=True)
             lab = int(vals[np.argmax(counts)])
-        return self.mask_of(lab)
+        return self.mask_of(lab), self.box_of(lab)
 
     def mask_of(self, lab: int) -> np.ndarray:
-        m = self.labels == lab
-        # Holes inside a region that belong to no other region and are not table (invalid depth
-        # on specular or transparent patches, texture cut out by colour edges) belong to it.
-        return m | (ndimage.binary_fill_holes(m) & (self.labels == 0) & ~self.plane.inliers)
+        """Region `lab` at frame resolution, with the holes that belong to no other region and are
+        not table (invalid depth on specular or transparent patches, a mug's dark inside)."""
+        out = np.zeros(self.labels.shape, bool)
+        sl = self._slices[lab - 1] if 0 < lab <= len(self._slices) else None
+        if sl is None:
+            return out
+        sub = self.labels[sl]
+        m = sub == lab
+        # Holes count after a small closing: a bowl's or a cup's bottom is at table height and
+        # the inside of its rim is often broken by invalid depth, so the hole is not quite closed.
+        r = max(1, int(round(0.01 * min(self.labels.shape))))
+        closed = cv2.morphologyEx(np.pad(m, r).astype(np.uint8), cv2.MORPH_CLOSE,
+                                  cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+        filled = ndimage.binary_fill_holes(closed[r:-r, r:-r])
+        out[sl] = m | (filled & (sub == 0))
+        return out
 
-    def support(self, mask: np.ndarray) -> float:
-        """Fraction of the region's footprint (points dropped onto the plane) inside the table."""
-        ys, xs = np.nonzero(mask & self.valid)
+    def support(self, mask: np.ndarray, sl: tuple | None = None) -> float:
+        """Fraction of the region's footprint (points dropped onto the plane) inside the table.
+        sl: a box (slices) that holds the whole mask, to look at less of the frame."""
+        sl = sl or (slice(None), slice(None))
+        ys, xs = np.nonzero(mask[sl] & self.valid[sl])
         if len(ys) == 0:
             return 0.0
+        ys = ys + (sl[0].start or 0)
+        xs = xs + (sl[1].start or 0)
         if len(ys) > 2000:
             sel = np.linspace(0, len(ys) - 1, 2000).astype(int)
             ys, xs = ys[sel], xs[sel]
@@ -330,22 +977,27 @@ class _Segments:
         v = np.clip(np.round(k.fy * q[:, 1] / z + k.cy), 0, h - 1).astype(int)
         return float(self.plane.region[v, u].mean())
 
-    def confidence(self, mask: np.ndarray) -> float:
+    def confidence(self, mask: np.ndarray, sl: tuple | None = None) -> float:
         """Solidity x table support: a real object is a near-convex blob standing on the
         table; a region that leaked through a missing edge is ragged, and clutter off the
         table has no support."""
-        area = int(mask.sum())
+        sub = mask[sl] if sl is not None else mask
+        area = int(sub.sum())
         if area < self.min_pixels:
             return 0.0
-        cnts, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cnts, _ = cv2.findContours(sub.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         hull = cv2.convexHull(np.concatenate(cnts))
         hull_area = max(float(cv2.contourArea(hull)), 1.0)
         solidity = min(1.0, area / hull_area)
-        return float(np.clip(solidity * self.support(mask), 0.0, 1.0))
+        return float(np.clip(solidity * self.support(mask, sl), 0.0, 1.0))
+
+    def box_of(self, lab: int) -> tuple | None:
+        """The box (slices) that holds mask_of(lab), holes included."""
+        return self._slices[lab - 1] if 0 < lab <= len(self._slices) else None
 
 
 class GeometricSegmenter:
-    """Promptable segmenter without weights: the region grown from each prompt pixel."""
+    """Promptable segmenter without weights: the region under each prompt pixel."""
 
     name = "geometric"
 
@@ -384,16 +1036,16 @@ class GeometricSegmenter:
                 continue
             if not (-0.5 <= x < w - 0.5 and -0.5 <= y < h - 0.5):
                 continue
-            m = seg.region(x, y)
-            if m is None:
+            found = seg.region(x, y)
+            if found is None:
                 continue
-            masks[i, 0] = m
-            scores[i, 0] = seg.confidence(m)
+            masks[i, 0], sl = found
+            scores[i, 0] = seg.confidence(masks[i, 0], sl)
         return Decoded(masks=masks, iou_pred=scores.copy(), scores=scores)
 
 
 class GeometricPromptSource:
-    """One foreground point per cluster of points standing on the table."""
+    """One foreground point per object region standing on the table."""
 
     name = "geometric"
 
@@ -407,15 +1059,17 @@ class GeometricPromptSource:
         self.last_segments = seg
         pts, scs = [], []
         for lab in range(1, int(seg.labels.max()) + 1):
-            m = seg.labels == lab
-            if seg.support(m) < cfg.min_support:
+            m = seg.mask_of(lab)
+            sl = seg.box_of(lab)
+            if sl is None or seg.support(m, sl) < cfg.min_support:
                 continue
             # The point deepest inside the region: far from every edge SAM-style decoders
-            # (and the region grower) could confuse with a neighbour.
-            dist = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+            # (and the region lookup) could confuse with a neighbour.
+            core = seg.labels[sl] == lab
+            dist = cv2.distanceTransform(np.pad(core, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
             y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-            pts.append((float(x), float(y)))
-            scs.append(seg.confidence(seg.mask_of(lab)))
+            pts.append((float(x + sl[1].start), float(y + sl[0].start)))
+            scs.append(seg.confidence(m, sl))
         if not pts:
             return Prompts.empty()
         order = np.argsort(-np.asarray(scs), kind="stable")[: cfg.max_prompts]
