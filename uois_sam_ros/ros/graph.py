@@ -219,7 +219,7 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("use_camera", "true", "false: no camera node (e.g. use the official realsense2_camera driver)"),
     ("camera_prefix", "camera", "topic prefix of the camera topics (realsense2_camera names)"),
     ("sam_checkpoint", "", "SAM checkpoint path ('' = weights-free backend)"),
-    ("sam_model_type", "", "vit_h | vit_l | vit_b | vit_t ('' = as in the parameter file)"),
+    ("sam_model_type", "", "vit_h | vit_l | vit_b | vit_t | vit_synth ('' = as in the parameter file)"),
     ("hpg_checkpoint", "", "HPG checkpoint path ('' = the checkpoint shipped with the package)"),
     ("hdnet_checkpoint", "", "HDNet checkpoint path"),
     ("device", "", "torch device for SAM and HPG: auto | cpu | cuda | cuda:N ('' = as in the parameter file)"),

@@ -119,7 +119,7 @@ class UOISPipeline:
         pc = config.pipeline
         want_prompts, want_masks = part in ("full", "prompts"), part in ("full", "masks")
         if self.method == "weights_free":
-            from uois_sam_ros.core.segment import geometric  # lazy: needs open3d
+            from uois_sam_ros.core.segment import geometric  # lazy: only the weights-free path needs it
 
             if pc.weights_free_prompts not in ("geometric", "hpg"):
                 raise ConfigError(f"pipeline.weights_free_prompts must be 'geometric' or 'hpg', "
