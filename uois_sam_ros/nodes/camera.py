@@ -59,17 +59,13 @@ class CameraNode(ManagedNode):
                                           log=self.get_logger().warning, info=self.get_logger().info)
             except (SourceError, OSError, ImportError) as e:
                 raise SourceError(f"camera source {p['source']!r} cannot be opened: {e}") from None
-        self.pub_color = self.create_lifecycle_publisher(Image, COLOR_TOPIC, IMAGE_QOS)
-        self.pub_depth = self.create_lifecycle_publisher(Image, DEPTH_TOPIC, IMAGE_QOS)
-        self.pub_info = self.create_lifecycle_publisher(CameraInfo, INFO_TOPIC, IMAGE_QOS)
+        self.lifecycle_publisher("pub_color", Image, COLOR_TOPIC, IMAGE_QOS)
+        self.lifecycle_publisher("pub_depth", Image, DEPTH_TOPIC, IMAGE_QOS)
+        self.lifecycle_publisher("pub_info", CameraInfo, INFO_TOPIC, IMAGE_QOS)
         self.get_logger().info(f"camera: source {getattr(self.source, 'name', type(self.source).__name__)} "
                                f"at {p['rate']:g} Hz")
 
     def unload(self) -> None:
-        for pub in (self.pub_color, self.pub_depth, self.pub_info):
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-        self.pub_color = self.pub_depth = self.pub_info = None
         if self.source is not None and self.source is not self._given_source:
             self.source.close()
         self.source = None

@@ -295,6 +295,7 @@ class ManagedNode(LifecycleNode):
         self.quiet_configure = False  # bringup/demo report a failed configure themselves (one line)
         self.io_group = MutuallyExclusiveCallbackGroup()  # inputs run beside parameter/lifecycle services
         self._state = "unconfigured"
+        self._lifecycle_pubs: list[str] = []  # attribute names of the publishers made at configure
         # Set when the process shuts down or the node is destroyed. Workers check this flag, never
         # context.ok(): on Kilted, Context.shutdown() destroys the nodes while holding the lock
         # that ok() takes, so a worker asking ok() would stall the node's teardown.
@@ -305,10 +306,10 @@ class ManagedNode(LifecycleNode):
 
     # -------------------------------------------------------------- to implement
     def load(self) -> None:
-        """Build models and publishers from self.params (configure)."""
+        """Build models and publishers (``lifecycle_publisher``) from self.params (configure)."""
 
     def unload(self) -> None:
-        """Drop models and publishers (cleanup)."""
+        """Drop models (cleanup); the publishers are released by the base."""
 
     def start_io(self) -> None:
         """Create subscriptions and timers (activate)."""
@@ -346,7 +347,7 @@ class ManagedNode(LifecycleNode):
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.configure_failure = self.last_error = reason
             try:
-                self.unload()
+                self._release()
             except Exception:  # noqa: BLE001 - a half-built node is dropped as far as it goes
                 pass
             if not self.quiet_configure:
@@ -376,14 +377,14 @@ class ManagedNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.unload()
+        self._release()
         self.model_loaded = False
         self._state = "unconfigured"
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop_io()
-        self.unload()
+        self._release()
         self.model_loaded = False
         self._state = "finalized"
         return super().on_shutdown(state)
@@ -400,6 +401,26 @@ class ManagedNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     # -------------------------------------------------------------- helpers
+    def lifecycle_publisher(self, attr: str, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
+        """A lifecycle publisher stored as ``self.<attr>``; cleanup destroys it and sets the attribute
+        back to None, so every node drops its publishers the same way."""
+        pub = self.create_lifecycle_publisher(msg_type, topic, qos)
+        setattr(self, attr, pub)
+        self._lifecycle_pubs.append(attr)
+        return pub
+
+    def _release(self) -> None:
+        """unload() plus the publishers made by lifecycle_publisher (cleanup, shutdown, failed configure)."""
+        try:
+            self.unload()
+        finally:
+            for attr in self._lifecycle_pubs:
+                pub = getattr(self, attr, None)
+                if pub is not None:
+                    self.destroy_lifecycle_publisher(pub)
+                setattr(self, attr, None)
+            self._lifecycle_pubs = []
+
     def alive(self) -> bool:
         """False once the process shuts down (Ctrl-C) or the node is destroyed: workers then finish
         silently."""

@@ -17,70 +17,36 @@ from sensor_msgs.msg import Image
 
 from uois_sam_ros.core.types import FrameError
 from uois_sam_ros.msg import Prompts as PromptsMsg
-from uois_sam_ros.nodes.common import LatestWorker, ManagedNode, spin_node
-from uois_sam_ros.nodes.inputs import PROMPTS_TOPIC, FrameInputs, PipelineHolder
+from uois_sam_ros.nodes.common import spin_node
+from uois_sam_ros.nodes.inputs import PROMPTS_TOPIC, FrameNode
 from uois_sam_ros.ros.convert import copy_header, prompts_to_msg, stamp_to_sec
 from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC
 from uois_sam_ros.ros.image import numpy_to_image
 from uois_sam_ros.ros.qos import LATEST_QOS
 
 
-class HPGNode(ManagedNode):
+class HPGNode(FrameNode):
     KIND = "hpg"
+    FAILURE = "prompt generation failed on a frame"
 
     def __init__(self, node_name: str = "hpg", **kwargs: Any) -> None:
-        self.holder: PipelineHolder | None = None
-        self.worker: LatestWorker | None = None
-        self.inputs: FrameInputs | None = None
         self.pub_prompts = self.pub_fg = self.pub_heat = None
-        self.published = 0
         super().__init__(node_name, **kwargs)
-        self.holder = PipelineHolder(self, "prompts")
 
-    @property
-    def pipeline(self) -> Any:
-        return self.holder.pipeline if self.holder else None
+    def pipeline_part(self) -> str:
+        return "prompts"
 
     # -------------------------------------------------------------- lifecycle
     def load(self) -> None:
         self.holder.load(self.params.values())
-        self.pub_prompts = self.create_lifecycle_publisher(PromptsMsg, PROMPTS_TOPIC, LATEST_QOS)
-        self.pub_fg = self.create_lifecycle_publisher(Image, "hpg/foreground", LATEST_QOS)
-        self.pub_heat = self.create_lifecycle_publisher(Image, "hpg/heatmap", LATEST_QOS)
-
-    def unload(self) -> None:
-        for pub in (self.pub_prompts, self.pub_fg, self.pub_heat):
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-        self.pub_prompts = self.pub_fg = self.pub_heat = None
-        if self.holder is not None:
-            self.holder.unload()
+        self.lifecycle_publisher("pub_prompts", PromptsMsg, PROMPTS_TOPIC, LATEST_QOS)
+        self.lifecycle_publisher("pub_fg", Image, "hpg/foreground", LATEST_QOS)
+        self.lifecycle_publisher("pub_heat", Image, "hpg/heatmap", LATEST_QOS)
 
     def start_io(self) -> None:
-        self.worker = LatestWorker(self._process, self._worker_error, name="hpg", on_drop=self.stats.on_drop)
-        self.inputs = FrameInputs(self, None, 10, self.params.get("sync_slop"),
-                                  lambda msgs, info: self.worker.put((msgs, info)),
-                                  on_received=lambda: self.stats.on_input(self.now_s()),
-                                  callback_group=self.io_group)
-
-    def stop_io(self) -> None:
-        if self.inputs is not None:
-            self.inputs.close()
-            self.inputs = None
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
-
-    def _validate_change(self, values: dict[str, Any], changed: set[str]) -> str | None:
-        if any("." in n for n in changed):
-            return self.holder.validate(values)
-        return None
+        self.start_inputs(None, 10, "hpg")
 
     # -------------------------------------------------------------- frames
-    def _worker_error(self, e: BaseException) -> None:
-        if self.alive():
-            self.errors(f"prompt generation failed on a frame: {type(e).__name__}: {e}")
-
     def _process(self, item: tuple[dict[str, Any], Any]) -> None:
         msgs, info = item
         color = msgs[COLOR_TOPIC]
@@ -110,10 +76,6 @@ class HPGNode(ManagedNode):
         fg8 = np.clip(np.round(maps[0] * 255.0), 0, 255).astype(np.uint8)
         self.safe_publish(self.pub_fg, numpy_to_image(fg8, "mono8", copy_header(color.header)))
         self.safe_publish(self.pub_heat, numpy_to_image(heatmap_to_rgb(maps[1]), "rgb8", copy_header(color.header)))
-
-    def diagnostic_values(self) -> dict[str, Any]:
-        p = self.pipeline
-        return {"method": getattr(p, "method", ""), "model_loads": self.holder.loads if self.holder else 0}
 
 
 def main(argv: list[str] | None = None) -> None:

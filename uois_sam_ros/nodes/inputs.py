@@ -1,6 +1,7 @@
 """The inputs of the hpg and segmentation nodes: camera subscriptions, approximate-time sync,
-each frame's camera_info, a watchdog that says why nothing pairs, and the core pipeline built
-from the node's parameters (with run-time reconfiguration).
+each frame's camera_info, a watchdog that says why nothing pairs, the core pipeline built
+from the node's parameters (with run-time reconfiguration), and FrameNode, the lifecycle
+skeleton both nodes share.
 
 Both nodes import this module; neither imports the other.
 """
@@ -17,6 +18,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from uois_sam_ros.core.types import Frame, FrameError
+from uois_sam_ros.nodes.common import LatestWorker, ManagedNode
 from uois_sam_ros.ros.convert import frame_from_msgs
 from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC
 from uois_sam_ros.ros.params import params_to_config
@@ -377,3 +379,64 @@ class PipelineHolder:
             else:
                 self.pipeline.reconfigure(obj)
         return self.pipeline
+
+
+class FrameNode(ManagedNode):
+    """The part of the hpg and segmentation nodes that is the same: a PipelineHolder for one
+    pipeline part, synced camera inputs (plus extra topics) feeding a latest-frame worker, and
+    core-parameter changes routed through the holder. Subclasses set FAILURE (the worker's error
+    prefix), implement ``pipeline_part()``, ``load()`` and ``_process()``, and call
+    ``start_inputs()`` from ``start_io()``."""
+
+    FAILURE = "processing failed on a frame"
+
+    def __init__(self, node_name: str, **kwargs: Any) -> None:
+        self.holder: PipelineHolder | None = None
+        self.worker: LatestWorker | None = None
+        self.inputs: FrameInputs | None = None
+        self.published = 0
+        super().__init__(node_name, **kwargs)
+        self.holder = PipelineHolder(self, self.pipeline_part())
+
+    def pipeline_part(self) -> str:
+        """Which part of UOISPipeline this node loads (read once parameters are declared)."""
+        raise NotImplementedError
+
+    @property
+    def pipeline(self) -> Any:
+        return self.holder.pipeline if self.holder else None
+
+    def unload(self) -> None:
+        if self.holder is not None:
+            self.holder.unload()
+
+    def start_inputs(self, extra: dict[str, type] | None, depth: int, name: str) -> None:
+        self.worker = LatestWorker(self._process, self._worker_error, name=name, on_drop=self.stats.on_drop)
+        self.inputs = FrameInputs(self, extra, depth, self.params.get("sync_slop"),
+                                  lambda msgs, info: self.worker.put((msgs, info)),
+                                  on_received=lambda: self.stats.on_input(self.now_s()),
+                                  callback_group=self.io_group)
+
+    def stop_io(self) -> None:
+        if self.inputs is not None:
+            self.inputs.close()
+            self.inputs = None
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+    def _process(self, item: tuple[dict[str, Any], CameraInfo | None]) -> None:
+        raise NotImplementedError
+
+    def _validate_change(self, values: dict[str, Any], changed: set[str]) -> str | None:
+        if any("." in n for n in changed):  # core parameters are the dotted ones
+            return self.holder.validate(values)
+        return None
+
+    def _worker_error(self, e: BaseException) -> None:
+        if self.alive():
+            self.errors(f"{self.FAILURE}: {type(e).__name__}: {e}")
+
+    def diagnostic_values(self) -> dict[str, Any]:
+        return {"method": getattr(self.pipeline, "method", ""),
+                "model_loads": self.holder.loads if self.holder else 0}

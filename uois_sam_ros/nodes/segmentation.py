@@ -18,30 +18,28 @@ from sensor_msgs.msg import CameraInfo, Image
 from uois_sam_ros.core.types import Frame, FrameError
 from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.msg import Prompts as PromptsMsg
-from uois_sam_ros.nodes.common import LatestWorker, ManagedNode, spin_node
-from uois_sam_ros.nodes.inputs import PROMPTS_TOPIC, FrameInputs, PipelineHolder
+from uois_sam_ros.nodes.common import spin_node
+from uois_sam_ros.nodes.inputs import PROMPTS_TOPIC, FrameNode
 from uois_sam_ros.ros.convert import copy_header, instances_to_msg, msg_to_prompts, stamp_to_sec
 from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC
 from uois_sam_ros.ros.image import numpy_to_image
 from uois_sam_ros.ros.qos import LATEST_QOS
 
 
-class SegmentationNode(ManagedNode):
+class SegmentationNode(FrameNode):
     KIND = "segmentation"
+    FAILURE = "segmentation failed on a frame"
 
     def __init__(self, node_name: str = "segmentation", **kwargs: Any) -> None:
-        self.holder: PipelineHolder | None = None
-        self.worker: LatestWorker | None = None
-        self.inputs: FrameInputs | None = None
         self.pub_instances = self.pub_label = self.pub_overlay = None
-        self.published = 0
         super().__init__(node_name, **kwargs)
-        self.single = bool(self.params.get("single_node"))
-        self.holder = PipelineHolder(self, "full" if self.single else "masks")
+
+    def pipeline_part(self) -> str:
+        return "full" if self.single else "masks"
 
     @property
-    def pipeline(self) -> Any:
-        return self.holder.pipeline if self.holder else None
+    def single(self) -> bool:
+        return bool(self.params.get("single_node"))  # read-only: fixed for the node's life
 
     @property
     def latencies(self) -> list[float]:
@@ -56,50 +54,20 @@ class SegmentationNode(ManagedNode):
     # -------------------------------------------------------------- lifecycle
     def load(self) -> None:
         self.holder.load(self.params.values())
-        self.pub_instances = self.create_lifecycle_publisher(InstanceArray, "instances", LATEST_QOS)
-        self.pub_label = self.create_lifecycle_publisher(Image, "instances/label", LATEST_QOS)
-        self.pub_overlay = self.create_lifecycle_publisher(Image, "instances/overlay", LATEST_QOS)
+        self.lifecycle_publisher("pub_instances", InstanceArray, "instances", LATEST_QOS)
+        self.lifecycle_publisher("pub_label", Image, "instances/label", LATEST_QOS)
+        self.lifecycle_publisher("pub_overlay", Image, "instances/overlay", LATEST_QOS)
         if not self.single and self.pipeline.part == "full":
             self.get_logger().info("hpg.backbone=sam: prompts need SAM's image embedding, so they are "
                                    f"computed here; the {PROMPTS_TOPIC} topic is not used")
 
-    def unload(self) -> None:
-        for pub in (self.pub_instances, self.pub_label, self.pub_overlay):
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-        self.pub_instances = self.pub_label = self.pub_overlay = None
-        if self.holder is not None:
-            self.holder.unload()
-
     def start_io(self) -> None:
-        self.worker = LatestWorker(self._process, self._worker_error, name="segmentation",
-                                   on_drop=self.stats.on_drop)
         extra = None if self.prompts_here else {PROMPTS_TOPIC: PromptsMsg}
-        self.inputs = FrameInputs(self, extra, self.params.get("frame_buffer"), self.params.get("sync_slop"),
-                                  lambda msgs, info: self.worker.put((msgs, info)),
-                                  on_received=lambda: self.stats.on_input(self.now_s()),
-                                  callback_group=self.io_group)
+        self.start_inputs(extra, self.params.get("frame_buffer"), "segmentation")
         mode = "single-node (prompts computed here)" if self.prompts_here else f"split (prompts from {PROMPTS_TOPIC})"
         self.get_logger().info(f"segmentation: {mode}")
 
-    def stop_io(self) -> None:
-        if self.inputs is not None:
-            self.inputs.close()
-            self.inputs = None
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
-
-    def _validate_change(self, values: dict[str, Any], changed: set[str]) -> str | None:
-        if any("." in n for n in changed):
-            return self.holder.validate(values)
-        return None
-
     # -------------------------------------------------------------- frames
-    def _worker_error(self, e: BaseException) -> None:
-        if self.alive():
-            self.errors(f"segmentation failed on a frame: {type(e).__name__}: {e}")
-
     def _process(self, item: tuple[dict[str, Any], CameraInfo | None]) -> None:
         msgs, info = item
         color = msgs[COLOR_TOPIC]
@@ -129,9 +97,7 @@ class SegmentationNode(ManagedNode):
         self.stats.on_output(self.now_s(), stamp_to_sec(color.header.stamp))
 
     def diagnostic_values(self) -> dict[str, Any]:
-        p = self.pipeline
-        return {"method": getattr(p, "method", ""), "mode": "single" if self.prompts_here else "split",
-                "model_loads": self.holder.loads if self.holder else 0}
+        return {**super().diagnostic_values(), "mode": "single" if self.prompts_here else "split"}
 
 
 def main(argv: list[str] | None = None) -> None:
