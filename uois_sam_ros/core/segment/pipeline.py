@@ -232,13 +232,7 @@ class UOISPipeline:
         if self.prompt_source is None:
             raise ConfigError("this pipeline was built without a prompt source (part='masks'): pass prompts to run()")
         frame.validate(need_depth=self._needs_depth(False), need_intrinsics=self.method == "weights_free")
-        if self.hpg is not None and self.hpg.needs_sam_embedding:
-            self.segmenter.set_frame(frame)
-            self.hpg.sam_embedding = crop_sam_embedding(self.segmenter.embedding, (frame.height, frame.width),
-                                                        self.segmenter.encoder_size)
-        prompts = self.prompt_source.prompts(frame)
-        self.last_prompts = prompts
-        return prompts
+        return self._prompts(frame, {}, None)
 
     def run(self, frame: Frame, prompts: Prompts | None = None) -> Instances:
         """Instances of one frame; with prompts given, they replace the prompt source's (split mode),
@@ -262,7 +256,20 @@ class UOISPipeline:
         timings.setdefault("postprocess", 0.0)
         return self._finish(out, timings, t0)
 
+    def _embed(self, frame: Frame, timings: dict[str, float]) -> None:
+        """The segmenter's per-frame step (SAM's image embedding), once per frame: skipped when the
+        prompt step already needed it."""
+        if "embedding" in timings:
+            return
+        t = time.perf_counter()
+        self.segmenter.set_frame(frame)
+        timings["embedding"] = time.perf_counter() - t
+
     def _prompts(self, frame: Frame, timings: dict[str, float], given: Prompts | None) -> Prompts:
+        if given is None and self.hpg is not None and self.hpg.needs_sam_embedding:
+            self._embed(frame, timings)  # HPG on SAM features: the embedding comes first
+            self.hpg.sam_embedding = crop_sam_embedding(self.segmenter.embedding, (frame.height, frame.width),
+                                                        self.segmenter.encoder_size)
         t = time.perf_counter()
         prompts = self.prompt_source.prompts(frame) if given is None else given
         timings["prompts"] = time.perf_counter() - t
@@ -280,21 +287,10 @@ class UOISPipeline:
         H, W = frame.height, frame.width
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        embedded = False
-        if given is None and self.hpg is not None and self.hpg.needs_sam_embedding:
-            t = time.perf_counter()
-            self.segmenter.set_frame(frame)
-            timings["embedding"] = time.perf_counter() - t
-            self.hpg.sam_embedding = crop_sam_embedding(self.segmenter.embedding, (H, W),
-                                                        self.segmenter.encoder_size)
-            embedded = True
         prompts = self._prompts(frame, timings, given)
         if len(prompts) == 0:
             return self._empty(frame, timings, t0)
-        if not embedded:
-            t = time.perf_counter()
-            self.segmenter.set_frame(frame)
-            timings["embedding"] = time.perf_counter() - t
+        self._embed(frame, timings)
 
         t = time.perf_counter()
         low = self.segmenter.decode_lowres(prompts)
@@ -355,9 +351,7 @@ class UOISPipeline:
         points = amg_points(cfg.pipeline.grid_points, H, W)
         if len(points) != len(prompts) or not np.array_equal(points.astype(np.float32), prompts.points):
             points = prompts.points.astype(np.float64)  # prompts from elsewhere (split mode): as given
-        t = time.perf_counter()
-        self.segmenter.set_frame(frame)
-        timings["embedding"] = time.perf_counter() - t
+        self._embed(frame, timings)
         t = time.perf_counter()
         amg = self.segmenter.generate_amg(
             points, pred_iou_thresh=cfg.hdnet.sam_iou_threshold, stability_score_thresh=cfg.hdnet.stability_threshold,
@@ -379,9 +373,7 @@ class UOISPipeline:
         prompts = self._prompts(frame, timings, given)
         if len(prompts) == 0:
             return self._empty(frame, timings, t0)
-        t = time.perf_counter()
-        self.segmenter.set_frame(frame)
-        timings["embedding"] = time.perf_counter() - t
+        self._embed(frame, timings)
         t = time.perf_counter()
         dec = self.segmenter.decode(prompts)
         timings["decode"] = time.perf_counter() - t
