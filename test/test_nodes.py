@@ -14,6 +14,7 @@ pytest.importorskip("uois_sam_ros.msg")
 from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from uois_sam_ros.apps.bringup import build_nodes  # noqa: E402
@@ -50,7 +51,10 @@ class Graph:
         self.logs: list[Log] = []
         self.probe.create_subscription(InstanceArray, "instances",
                                        lambda m: self.results.append((time.time(), m)), LATEST_QOS)
-        self.probe.create_subscription(Log, "/rosout", self.logs.append, 100)
+        # rosout publishers keep their history (transient local): a late-matching subscription
+        # still gets the lines logged before discovery finished, so the log checks cannot race it.
+        self.probe.create_subscription(Log, "/rosout", self.logs.append,
+                                       QoSProfile(depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         # What the camera topics carried, by stamp (sec, nanosec).
         self.camera_msgs: dict[str, dict[tuple[int, int], object]] = {}
         for topic, mtype in ((COLOR_TOPIC, Image), (DEPTH_TOPIC, Image), (INFO_TOPIC, CameraInfo)):
