@@ -125,3 +125,43 @@ def test_method_runs_on_the_shared_fixture_folder_as_it_is(real_rgbd_dir, tmp_pa
                  "--save-predictions", str(preds), "--no-progress"]) == 0
     lab = cv2.imread(str(preds / "0000.png"), cv2.IMREAD_UNCHANGED)
     assert lab.shape == (480, 640) and lab.max() >= 1  # objects found on the real tabletop
+
+
+def test_comparison_runs_every_method_on_the_same_frames(synthetic, tmp_path, capsys):
+    """--method a,b: one table, the single-method scores per row, stage times, one json with both."""
+    ann = str(synthetic / "annotations.json")
+    single = tmp_path / "wf.json"
+    assert main(["--dataset", "uoais-sim", "--root", str(synthetic), "--annotations", ann,
+                 "--method", "weights_free", "--json", str(single), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "cmp.json"
+    rc = main(["--dataset", "uoais-sim", "--root", str(synthetic), "--annotations", ann, "--no-progress",
+               "--method", "weights_free,heatmap_hdnet", "--json", str(out),
+               "--set", "sam.model_type=vit_synth", "--set", "sam.allow_random_weights=true",
+               "--set", "sam.device=cpu", "--set", "hpg.top_k=4"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    head = next(line for line in text.splitlines() if line.startswith("Method"))
+    for col in ("OF", "BF", "%75", "prompts", "embeddin", "decode", "postproc", "total"):
+        assert col in head
+    rows = {line.split("|")[0].strip(): line for line in text.splitlines() if "|" in line}
+    assert set(rows) >= {"weights_free", "heatmap_hdnet"}
+    assert "(2 images, every method on the same frames in one run)" in text
+    assert "heatmap_hdnet: HDNet vs SAM IoU head on" in text
+    doc = json.loads(out.read_text())
+    assert set(doc["methods"]) == {"weights_free", "heatmap_hdnet"} and doc["images"] == 2
+    # the weights-free row is exactly what the method scores alone
+    alone = json.loads(single.read_text())["means"]
+    for k, v in alone.items():
+        assert doc["methods"]["weights_free"]["means"][k] == pytest.approx(v, abs=1e-9)
+    assert doc["methods"]["heatmap_hdnet"]["hdnet_ranking"]["prompts"] >= 0
+    assert doc["methods"]["weights_free"]["hdnet_ranking"] is None
+    assert doc["methods"]["heatmap_hdnet"]["ms_per_frame"]["total"] > 0
+    assert (tmp_path / "cmp.weights_free.csv").is_file() and (tmp_path / "cmp.heatmap_hdnet.csv").is_file()
+
+
+def test_comparison_refuses_unknown_and_repeated_methods(synthetic, capsys):
+    for bad, msg in (("weights_free,nope", "unknown method nope"), ("grid,grid", "named twice")):
+        with pytest.raises(SystemExit) as e:
+            main(["--dataset", "uoais-sim", "--root", str(synthetic), "--method", bad])
+        assert e.value.code == 2 and msg in capsys.readouterr().err

@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dataset", required=True, choices=KINDS, help="dataset layout under --root")
     ap.add_argument("--root", required=True, help="dataset root folder")
     ap.add_argument("--annotations", help="COCO json for --dataset uoais-sim (file names relative to --root)")
-    ap.add_argument("--method", default="auto", choices=METHOD_CHOICES,
-                    help="auto | uois_sam | Table IV rows grid, grid_fg, heatmap, heatmap_hdnet | weights_free")
+    ap.add_argument("--method", default="auto", type=_methods,
+                    help="auto | uois_sam | Table IV rows grid, grid_fg, heatmap, heatmap_hdnet | weights_free; "
+                         "a comma-separated list runs each on the same frames in one pass and prints one table "
+                         "with the stage times (and, for HDNet methods, HDNet's picks against SAM's IoU head)")
     ap.add_argument("--config", help="YAML config (config/default.yaml layout)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override, repeatable (e.g. --set sam.checkpoint=sam_vit_l_0b3195.pth)")
@@ -53,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-evaluate saved uint16 label PNGs (paired by file stem) without running a model")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return ap
+
+
+def _methods(text: str) -> list[str]:
+    names = [m.strip() for m in str(text).split(",") if m.strip()]
+    bad = [m for m in names if m not in METHOD_CHOICES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown method {', '.join(bad) or repr(text)}; choose from "
+                                         f"{', '.join(METHOD_CHOICES)} (comma-separated for a comparison)")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a method is named twice in {text!r}")
+    return names
 
 
 def _intrinsics(args: argparse.Namespace) -> Intrinsics | None:
@@ -78,6 +91,73 @@ def _read_prediction(pred_dir: Path, name: str) -> np.ndarray:
     return lab
 
 
+def _check_inputs(ds, method: str, cfg, dataset: str) -> None:
+    from uois_sam_ros.core.segment.pipeline import resolve_method
+
+    if resolve_method(cfg) == "weights_free" and cfg.pipeline.weights_free_prompts == "geometric":
+        first = ds[0]
+        if first.intrinsics is None:
+            raise UserError(f"method {method} needs camera intrinsics, but {dataset} has none: "
+                            "give --intrinsics fx,fy,cx,cy or --camera camera.json")
+        if first.depth is None:
+            raise UserError(f"method {method} needs depth, but {first.name} has none")
+
+
+def run_comparison(args: argparse.Namespace, ds) -> list:
+    """Every method of --method on each frame in turn: one table, one set of frames, one run."""
+    from tqdm import tqdm
+
+    from uois_sam_ros.core.eval.ablation import MethodResult, RankingStats, format_comparison, rank_last_frame
+    from uois_sam_ros.core.segment.pipeline import UOISPipeline, resolve_method
+
+    if args.predictions or args.save_predictions or args.overlays:
+        raise UserError("--predictions, --save-predictions and --overlays take one --method")
+    pipes, results = [], []
+    for m in args.method:
+        overrides = dotted_overrides(args.set)
+        overrides.setdefault("pipeline", {})["method"] = m
+        cfg = load_config(args.config, overrides)
+        _check_inputs(ds, m, cfg, args.dataset)
+        pipe = UOISPipeline(cfg)
+        if pipe.model_note:
+            print(f"uois-sam-eval: {pipe.model_note}", file=sys.stderr)
+        name = m if m != "auto" else f"auto={resolve_method(cfg)}"
+        pipes.append(pipe)
+        results.append(MethodResult(name, ranking=RankingStats() if pipe.uses_hdnet else None))
+    bar = tqdm(range(len(ds)), desc=f"eval {args.dataset} x{len(pipes)} methods", unit="img",
+               disable=args.no_progress, file=sys.stderr)
+    for i in bar:
+        s = ds[i]
+        if s.label is None:
+            raise UserError(f"frame {s.name} has no ground-truth label; a comparison needs labels")
+        frame = s.frame()
+        for pipe, res in zip(pipes, results, strict=True):
+            try:
+                inst = pipe.run(frame)
+            except FrameError as e:
+                raise UserError(f"{s.name}: {e}") from None
+            pred = resize_nearest(np.asarray(inst.label_map()), *s.label.shape)
+            res.acc.add(s.name, pred, s.label)
+            res.add_timings(inst.timings or {})
+            if res.ranking is not None:
+                rank_last_frame(pipe, s.label, res.ranking, pipe.config.sam.multimask_output)
+        bar.set_postfix({r.method[:10]: f"{r.acc.means()['OF']:.1f}" for r in results})
+    bar.close()
+    print(format_comparison(results, f"{args.dataset} {args.root}"))
+    if args.json:
+        import json
+
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"dataset": args.dataset, "root": str(args.root), "images": len(ds), "methods": {}}
+        for r in results:
+            r.acc.to_json(path.with_name(f"{path.stem}.{r.method.replace('=', '-')}.json"), {"method": r.method})
+            doc["methods"][r.method] = {"means": r.acc.means(), "ms_per_frame": r.mean_ms(),
+                                        "hdnet_ranking": r.ranking.as_dict() if r.ranking else None}
+        path.write_text(json.dumps(doc, indent=2))
+    return results
+
+
 def run(args: argparse.Namespace) -> MetricAccumulator:
     from tqdm import tqdm
 
@@ -85,6 +165,9 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
                       sample_every=args.sample_every, limit=args.limit)
     if len(ds) == 0:
         raise UserError(f"{args.dataset} at {args.root}: no frames to evaluate")
+    if len(args.method) > 1:
+        return run_comparison(args, ds)
+    args.method = args.method[0]
     pipeline = None
     pred_dir = None
     title = f"{args.dataset}"
@@ -101,14 +184,10 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
 
         method = resolve_method(cfg)
         title += f" {method}"
-        if method == "weights_free" and cfg.pipeline.weights_free_prompts == "geometric":
-            first = ds[0]
-            if first.intrinsics is None:
-                raise UserError(f"method {method} needs camera intrinsics, but {args.dataset} has none: "
-                                "give --intrinsics fx,fy,cx,cy or --camera camera.json")
-            if first.depth is None:
-                raise UserError(f"method {method} needs depth, but {first.name} has none")
+        _check_inputs(ds, method, cfg, args.dataset)
         pipeline = UOISPipeline(cfg)
+        if pipeline.model_note:
+            print(f"uois-sam-eval: {pipeline.model_note}", file=sys.stderr)
 
     acc = MetricAccumulator()
     save_dir = Path(args.save_predictions) if args.save_predictions else None

@@ -325,7 +325,9 @@ class PipelineHolder:
         device = getattr(pipeline, "device", None) or cfg.sam.device
         if pipeline.method == "weights_free" and cfg.sam.checkpoint is None:
             log.info("no SAM checkpoint (sam.checkpoint is empty): weights-free geometric backend; "
-                     "set sam.checkpoint for the full UOIS-SAM path")
+                     "set sam.checkpoint, or pipeline.method uois_sam for the shipped small SAM")
+        if getattr(pipeline, "model_note", None):
+            log.info(pipeline.model_note)
         log.info(f"pipeline loaded: method {pipeline.method}, part {pipeline.part}, device {device}")
         return pipeline
 

@@ -33,6 +33,18 @@ CHECKPOINT_FORMAT = "uois_sam_ros.hdnet"
 CHECKPOINT_VERSION = 2  # 2 added the 'sam' record; version 1 files load without the check
 
 
+SYNTH_HDNET_FILENAME = "hdnet_vit_synth.pt"  # shipped next to the small SAM it was trained on
+
+
+def default_hdnet_checkpoint(sam_model_type: str = "vit_synth") -> Path | None:
+    """The HDNet shipped in the package for the shipped small SAM, when it is present (the
+    official SAMs have no shipped HDNet: train one with uois-sam-train-hdnet)."""
+    if sam_model_type != "vit_synth":
+        return None
+    p = Path(__file__).resolve().parents[2] / "data" / SYNTH_HDNET_FILENAME
+    return p if p.is_file() else None
+
+
 class HDNetSamWarning(UserWarning):
     """The HDNet checkpoint was trained on other SAM weights of the same model type."""
 

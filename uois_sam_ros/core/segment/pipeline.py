@@ -7,7 +7,12 @@ Methods (pipeline.method):
 - grid: segment-anything's SamAutomaticMaskGenerator on the 32x32 grid (row 1).
 - weights_free: geometric (or HPG) prompts -> the geometric region-growing segmenter.
 - auto: with sam.checkpoint set, uois_sam when hdnet.checkpoint is set too, else heatmap;
-  without a SAM checkpoint, weights_free.
+  without a SAM checkpoint, AUTO_WITHOUT_CHECKPOINT (chosen from the held-out figures in the
+  README, "Which path runs by default").
+
+A SAM method with no sam.checkpoint runs on the small SAM shipped in the package (vit_synth,
+uois_sam_ros/data/sam_vit_synth.pt) and, for the HDNet methods, on the HDNet trained on it
+(``with_shipped_models``; the pipeline's ``model_note`` says so, and the nodes and CLIs log it).
 
 ``grid`` with pipeline.grid_exact (the default) is SamAutomaticMaskGenerator with its defaults
 (``SamSegmenter.generate_amg``): every one of the 3 multimask candidates of every grid point
@@ -37,17 +42,23 @@ import torch
 from segment_anything.utils.amg import calculate_stability_score
 
 from uois_sam_ros.core.config import Config, ConfigError
-from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet
+from uois_sam_ros.core.segment.hdnet import HDNet, default_hdnet_checkpoint, load_hdnet
 from uois_sam_ros.core.segment.hpg import HPG, HPGNet, crop_sam_embedding, upsample_map
 from uois_sam_ros.core.segment.postprocess import filter_masks, select_best, size_filter
 from uois_sam_ros.core.segment.prompting import ForegroundGridPromptSource, GridPromptSource, amg_points
-from uois_sam_ros.core.segment.sam_backend import SamSegmenter, lowres_to_hw
+from uois_sam_ros.core.segment.sam_backend import SamSegmenter, default_sam_checkpoint, lowres_to_hw
 from uois_sam_ros.core.types import Frame, Instances, Prompts
 from uois_sam_ros.core.weights import CheckpointError
 
 SAM_METHODS = ("uois_sam", "heatmap_hdnet", "heatmap", "grid_fg", "grid")
 METHODS = ("auto", *SAM_METHODS, "weights_free")
 HPG_METHODS = ("uois_sam", "heatmap_hdnet", "heatmap", "grid_fg")
+
+
+# What ``auto`` runs when no SAM checkpoint is configured: the method that scored higher on the
+# held-out scenes of the README's "Which path runs by default" (uois-sam-eval --method
+# weights_free,uois_sam on them). "weights_free", or "uois_sam" on the shipped small SAM.
+AUTO_WITHOUT_CHECKPOINT = "weights_free"
 
 
 def resolve_method(config: Config) -> str:
@@ -57,8 +68,41 @@ def resolve_method(config: Config) -> str:
     if m == "auto":
         if config.sam.checkpoint:
             return "uois_sam" if (config.hdnet.checkpoint and config.hdnet.enabled) else "heatmap"
-        return "weights_free"
+        if config.sam.allow_random_weights or AUTO_WITHOUT_CHECKPOINT == "weights_free":
+            return "weights_free"
+        return AUTO_WITHOUT_CHECKPOINT if default_sam_checkpoint("vit_synth") else "weights_free"
     return m
+
+
+def with_shipped_models(config: Config) -> tuple[Config, str | None]:
+    """The config a pipeline really loads, and a one-line note when it differs from the one given.
+
+    A SAM method with no sam.checkpoint (and no allow_random_weights) runs on the small SAM
+    shipped in the package, and the HDNet methods on the HDNet shipped with it, unless
+    hdnet.checkpoint names another. Nothing changes when no small SAM is shipped: loading then
+    fails with the message that says what to set."""
+    import dataclasses
+
+    method = resolve_method(config)
+    if method == "weights_free" or config.sam.checkpoint or config.sam.allow_random_weights:
+        return config, None
+    sam_ckpt = default_sam_checkpoint("vit_synth")
+    if sam_ckpt is None:
+        return config, None
+    sam = dataclasses.replace(config.sam, model_type="vit_synth", checkpoint=str(sam_ckpt), image_size=1024)
+    hdnet = config.hdnet
+    note = f"no sam.checkpoint: {method} runs on the shipped small SAM (vit_synth, {sam_ckpt.name})"
+    if config.sam.model_type != "vit_synth":
+        note += f" instead of {config.sam.model_type}"
+    if method in ("uois_sam", "heatmap_hdnet") and hdnet.enabled:
+        if hdnet.checkpoint is None:
+            hd = default_hdnet_checkpoint("vit_synth")
+            if hd is not None:
+                hdnet = dataclasses.replace(hdnet, checkpoint=str(hd))
+                note += f" and its HDNet ({hd.name})"
+        else:
+            note += f" with hdnet.checkpoint {hdnet.checkpoint}"
+    return dataclasses.replace(config, sam=sam, hdnet=hdnet), note
 
 
 PARTS = ("full", "prompts", "masks")
@@ -67,6 +111,7 @@ PARTS = ("full", "prompts", "masks")
 def model_signature(config: Config) -> tuple:
     """Everything in a config that decides which weights are loaded; equal signatures can share
     the loaded models, and the rest of the config (thresholds) can change between frames."""
+    config = with_shipped_models(config)[0]
     s, h, d, p = config.sam, config.hpg, config.hdnet, config.pipeline
     return (resolve_method(config), p.weights_free_prompts, s.model_type, s.checkpoint, s.device,
             s.allow_random_weights, s.image_size, h.backbone, h.checkpoint, h.backbone_checkpoint, h.device,
@@ -77,8 +122,7 @@ def prompts_need_sam(config: Config) -> bool:
     """True when the method's prompts come from SAM's image embedding (the ``sam`` HPG backbone):
     then prompts and masks must be computed in one process."""
     method = resolve_method(config)
-    uses_hpg = method in HPG_METHODS or (method == "weights_free" and config.pipeline.weights_free_prompts == "hpg")
-    return uses_hpg and config.hpg.backbone == "sam"
+    return method in HPG_METHODS and config.hpg.backbone == "sam"
 
 
 class UOISPipeline:
@@ -102,6 +146,12 @@ class UOISPipeline:
                  hpg_model: HPGNet | None = None, hdnet_model: HDNet | None = None, part: str = "full") -> None:
         if part not in PARTS:
             raise ConfigError(f"pipeline part must be one of {list(PARTS)}, got {part!r}")
+        if (resolve_method(config) == "weights_free" and config.pipeline.weights_free_prompts == "hpg"
+                and config.hpg.backbone == "sam"):
+            raise ConfigError("pipeline.weights_free_prompts=hpg needs an HPG that runs without SAM, but "
+                              "hpg.backbone=sam reads SAM's image embedding: choose hpg.backbone cnn_rgbd "
+                              "(the shipped default), cnn_rgb or dinov2_vits14, or a SAM method")
+        config, self.model_note = with_shipped_models(config)
         if part == "prompts" and prompts_need_sam(config):
             raise ConfigError("hpg.backbone=sam computes prompts from SAM's image embedding: run HPG inside "
                               "the segmentation node (single_node: true) instead of a separate hpg node")
@@ -175,6 +225,7 @@ class UOISPipeline:
         """
         if not self.can_reconfigure(config):
             raise ConfigError("this config changes which models are loaded: build a new UOISPipeline")
+        config = with_shipped_models(config)[0]
         self.config = config
         if self.hpg is not None:
             self.hpg.cfg = config.hpg

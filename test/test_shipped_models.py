@@ -1,0 +1,144 @@
+"""Which models a pipeline loads when no SAM checkpoint is configured.
+
+A SAM method asked for by name runs on the shipped small SAM and its HDNet, and says so in one
+note; auto follows AUTO_WITHOUT_CHECKPOINT; an explicit sam.checkpoint or hdnet.checkpoint is
+never replaced; a config that cannot work is refused when the pipeline is built. These tests put
+a tiny vit_synth in place of the shipped one, so they hold whatever the package ships.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uois_sam_ros.core.config import ConfigError, config_from_dict
+from uois_sam_ros.core.segment import pipeline as pipeline_mod
+from uois_sam_ros.core.segment.hdnet import HDNet, save_hdnet
+from uois_sam_ros.core.segment.sam_backend import build_vit_synth, save_sam_synth
+
+torch.set_num_threads(1)
+
+TINY = {"img_size": 128, "patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0,
+        "window_size": 4, "global_attn_indexes": [1], "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
+        "decoder_mlp_dim": 64, "iou_head_hidden_dim": 32, "mask_in_chans": 4}
+
+
+@pytest.fixture()
+def shipped(tmp_path, monkeypatch):
+    """A tiny vit_synth and an HDNet for it, standing in for the shipped files."""
+    torch.manual_seed(0)
+    model = build_vit_synth(TINY)
+    sam_path = tmp_path / "sam_vit_synth.pt"
+    save_sam_synth(sam_path, model, TINY)
+    hd_path = tmp_path / "hdnet_vit_synth.pt"
+    save_hdnet(hd_path, HDNet.for_sam(model), {"note": "test"})
+    monkeypatch.setattr(pipeline_mod, "default_sam_checkpoint", lambda model_type="vit_synth": sam_path)
+    monkeypatch.setattr(pipeline_mod, "default_hdnet_checkpoint", lambda model_type="vit_synth": hd_path)
+    return sam_path, hd_path
+
+
+def _cfg(**sections):
+    base = {"sam": {"device": "cpu"}, "hpg": {"device": "cpu"}}
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    return config_from_dict(base)
+
+
+def test_a_sam_method_by_name_runs_on_the_shipped_small_sam_and_its_hdnet(shipped):
+    sam_path, hd_path = shipped
+    cfg = _cfg(pipeline={"method": "heatmap_hdnet"})  # sam.model_type is still the default vit_l
+    eff, note = pipeline_mod.with_shipped_models(cfg)
+    assert eff.sam.model_type == "vit_synth" and eff.sam.checkpoint == str(sam_path)
+    assert eff.hdnet.checkpoint == str(hd_path)
+    assert note == (f"no sam.checkpoint: heatmap_hdnet runs on the shipped small SAM (vit_synth, {sam_path.name}) "
+                    f"instead of vit_l and its HDNet ({hd_path.name})")
+    pipe = pipeline_mod.UOISPipeline(cfg)
+    assert pipe.model_note == note
+    assert pipe.segmenter.token_dim == 32 and pipe.hdnet.token_dim == 32
+    assert pipe.config.sam.checkpoint == str(sam_path)
+
+
+def test_methods_without_hdnet_do_not_load_it(shipped):
+    for method in ("heatmap", "grid", "grid_fg"):
+        eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": method},
+                                                          sam={"model_type": "vit_synth"}))
+        assert eff.hdnet.checkpoint is None
+        assert note.startswith(f"no sam.checkpoint: {method} runs on the shipped small SAM") and "HDNet" not in note
+
+
+def test_explicit_checkpoints_are_never_replaced(shipped, tmp_path):
+    cfg = _cfg(pipeline={"method": "uois_sam"}, sam={"checkpoint": "/nonexistent/sam_vit_l_0b3195.pth"})
+    assert pipeline_mod.with_shipped_models(cfg) == (cfg, None)
+    mine = str(tmp_path / "my_hdnet.pt")
+    eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "uois_sam"}, hdnet={"checkpoint": mine}))
+    assert eff.hdnet.checkpoint == mine and eff.sam.checkpoint == str(shipped[0])
+    assert note.endswith(f"with hdnet.checkpoint {mine}")
+    # random weights (tests, benchmarks) and the weights-free path stay as they are
+    rnd = _cfg(pipeline={"method": "uois_sam"}, sam={"allow_random_weights": True})
+    assert pipeline_mod.with_shipped_models(rnd) == (rnd, None)
+    wf = _cfg(pipeline={"method": "weights_free"})
+    assert pipeline_mod.with_shipped_models(wf) == (wf, None)
+
+
+def test_auto_follows_the_documented_choice(shipped, monkeypatch):
+    cfg = _cfg(pipeline={"method": "auto"})
+    monkeypatch.setattr(pipeline_mod, "AUTO_WITHOUT_CHECKPOINT", "weights_free")
+    assert pipeline_mod.resolve_method(cfg) == "weights_free"
+    monkeypatch.setattr(pipeline_mod, "AUTO_WITHOUT_CHECKPOINT", "uois_sam")
+    assert pipeline_mod.resolve_method(cfg) == "uois_sam"
+    assert pipeline_mod.with_shipped_models(cfg)[0].hdnet.checkpoint == str(shipped[1])
+    # with no small SAM installed, auto falls back to the path that needs no weights
+    monkeypatch.setattr(pipeline_mod, "default_sam_checkpoint", lambda model_type="vit_synth": None)
+    assert pipeline_mod.resolve_method(cfg) == "weights_free"
+    # with an official checkpoint configured, auto is the paper's method as before
+    off = _cfg(pipeline={"method": "auto"}, sam={"checkpoint": "x.pth"}, hdnet={"checkpoint": "h.pt"})
+    assert pipeline_mod.resolve_method(off) == "uois_sam"
+
+
+def test_the_documented_auto_choice_is_a_known_method():
+    assert pipeline_mod.AUTO_WITHOUT_CHECKPOINT in ("weights_free", "uois_sam")
+
+
+def test_model_signature_sees_the_shipped_files(shipped):
+    """Switching between 'no checkpoint' and the shipped path explicitly loads the same weights."""
+    by_name = _cfg(pipeline={"method": "heatmap_hdnet"}, sam={"model_type": "vit_synth"})
+    explicit = _cfg(pipeline={"method": "heatmap_hdnet"},
+                    sam={"model_type": "vit_synth", "checkpoint": str(shipped[0])},
+                    hdnet={"checkpoint": str(shipped[1])})
+    assert pipeline_mod.model_signature(by_name) == pipeline_mod.model_signature(explicit)
+    pipe = pipeline_mod.UOISPipeline(by_name)
+    assert pipe.can_reconfigure(explicit)
+    pipe.reconfigure(_cfg(pipeline={"method": "heatmap_hdnet"}, sam={"model_type": "vit_synth"},
+                          hdnet={"iou_threshold": 0.3}))
+    assert pipe.config.sam.checkpoint == str(shipped[0]) and pipe.config.hdnet.iou_threshold == 0.3
+
+
+def test_weights_free_with_an_hpg_on_sam_features_is_refused_at_construction():
+    cfg = _cfg(pipeline={"method": "weights_free", "weights_free_prompts": "hpg"}, hpg={"backbone": "sam"})
+    with pytest.raises(ConfigError, match=r"weights_free_prompts=hpg needs an HPG that runs without SAM"):
+        pipeline_mod.UOISPipeline(cfg)
+
+
+def test_ranking_check_counts_wins_ties_and_losses(shipped):
+    """rank_last_frame scores HDNet's pick and SAM's pick against the GT instance under the prompt."""
+    from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
+    from uois_sam_ros.core.eval.ablation import RankingStats, rank_last_frame
+
+    scene = generate_scene(5, SceneConfig(width=320, height=240, amodal=False))
+    s = scene.sample()
+    cfg = _cfg(pipeline={"method": "heatmap_hdnet"}, hpg={"fg_threshold": 0.0, "heatmap_threshold": -1e9,
+                                                          "top_k": 6})
+    pipe = pipeline_mod.UOISPipeline(cfg)
+    pipe.run(s.frame())
+    stats = RankingStats()
+    rank_last_frame(pipe, s.label, stats)
+    on_objects = sum(1 for (x, y), lab in zip(pipe.last_prompts.points, pipe.last_prompts.labels, strict=True)
+                     if lab == 1 and s.label[int(round(y)), int(round(x))] > 0)
+    assert stats.prompts == on_objects
+    assert len(stats.iou_hdnet) == len(stats.iou_sam) == on_objects
+    assert all(0.0 <= v <= 1.0 for v in stats.iou_hdnet + stats.iou_sam)
+    d = stats.as_dict()
+    assert d["wins"] == sum(a > b + 1e-9 for a, b in zip(stats.iou_hdnet, stats.iou_sam, strict=True))
+    assert d["losses"] == sum(b > a + 1e-9 for a, b in zip(stats.iou_hdnet, stats.iou_sam, strict=True))
+    assert np.isclose(d["win_rate"] + d["loss_rate"] + d["ties"] / max(d["prompts"], 1), 1.0) or d["prompts"] == 0
