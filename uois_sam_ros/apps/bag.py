@@ -191,7 +191,7 @@ class Graph:
 
 
 # launch arguments of the bringup that make sense for replay (the camera is the bag)
-GRAPH_ARGS = ("params_file", "single_node", "sam_checkpoint", "sam_model_type", "hpg_checkpoint",
+GRAPH_ARGS = ("params_file", "single_node", "method", "sam_checkpoint", "sam_model_type", "hpg_checkpoint",
               "hdnet_checkpoint", "device")
 
 
@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameter override for every node that has it, e.g. pipeline.method=weights_free")
     e.add_argument("--single-node", dest="single_node", choices=("true", "false"),
                    help="HPG inside the segmentation node (default: as in the parameter file)")
-    for name in ("sam_checkpoint", "sam_model_type", "hpg_checkpoint", "hdnet_checkpoint", "device"):
+    for name in ("method", "sam_checkpoint", "sam_model_type", "hpg_checkpoint", "hdnet_checkpoint", "device"):
         e.add_argument("--" + name.replace("_", "-"), dest=name, help=f"graph launch argument {name}")
     e.add_argument("--external", action="store_true", help="do not start a graph; replay into a running one")
     e.add_argument("--instances-topic", default=INSTANCES_TOPIC,

@@ -1,4 +1,4 @@
-"""uois-sam-demo: the tabletop graph on synthetic scenes (weights-free path), with metrics and overlays.
+"""uois-sam-demo: the tabletop graph on synthetic scenes or real frames, with metrics and overlays.
 
 Runs the same in-process graph as uois-sam-bringup, prints each frame's latency (camera
 stamp to /instances), the overlap/boundary metrics against the scenes' ground truth, and
@@ -40,7 +40,10 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=640, help="camera image width, px (default 640)")
     ap.add_argument("--height", type=int, default=480, help="camera image height, px (default 480)")
     ap.add_argument("--single-node", action="store_true", help="HPG inside the segmentation node")
-    ap.add_argument("--sam-checkpoint", default="", help="SAM checkpoint (default: weights-free backend)")
+    ap.add_argument("--method", default="", help="pipeline.method: auto | uois_sam | heatmap_hdnet | heatmap | "
+                    "grid_fg | grid | weights_free (default: as in the parameter file); a SAM method without "
+                    "--sam-checkpoint runs on the shipped small SAM")
+    ap.add_argument("--sam-checkpoint", default="", help="SAM checkpoint (default: the shipped small SAM)")
     ap.add_argument("--params-file", default="", help="ROS parameter file (default config/tabletop.yaml)")
     args = ap.parse_args(argv)
     if args.frames < 1:
@@ -49,7 +52,8 @@ def run(argv: list[str] | None = None) -> int:
     try:
         cam = {**parse_source(args.source), "rate": args.rate, "width": args.width, "height": args.height}
         specs = describe_graph(args.params_file or None, single_node=args.single_node,
-                               sam_checkpoint=args.sam_checkpoint, overrides={"camera": cam})
+                               sam_checkpoint=args.sam_checkpoint, method=args.method,
+                               overrides={"camera": cam})
     except GraphError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

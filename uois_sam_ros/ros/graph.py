@@ -135,7 +135,7 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
                    single_node: bool | str | None = None, use_camera: bool | str = True,
                    camera_prefix: str = "camera", sam_checkpoint: str = "", sam_model_type: str = "",
                    hpg_checkpoint: str = "", hdnet_checkpoint: str = "", device: str = "",
-                   autostart: bool | str = True, use_sim_time: bool | str = False,
+                   autostart: bool | str = True, use_sim_time: bool | str = False, method: str = "",
                    overrides: dict[str, dict[str, Any]] | None = None) -> list[NodeSpec]:
     """The tabletop graph: camera -> hpg -> segmentation, or camera -> segmentation (single node).
 
@@ -151,7 +151,7 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
     kwargs = dict(namespace=namespace, source=source, use_camera=use_camera, camera_prefix=camera_prefix,
                   sam_checkpoint=sam_checkpoint, sam_model_type=sam_model_type, hpg_checkpoint=hpg_checkpoint,
                   hdnet_checkpoint=hdnet_checkpoint, device=device, autostart=autostart,
-                  use_sim_time=use_sim_time, overrides=overrides)
+                  use_sim_time=use_sim_time, method=method, overrides=overrides)
     path = Path(params_file) if params_file else default_params_file()
     file_params = load_params_file(path)
     shared = file_params.pop("/**", {})
@@ -169,7 +169,7 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
         cli["camera"].update(parse_source(source))
     for key, val in (("sam.checkpoint", sam_checkpoint), ("sam.model_type", sam_model_type),
                      ("hpg.checkpoint", hpg_checkpoint), ("hdnet.checkpoint", hdnet_checkpoint),
-                     ("sam.device", device), ("hpg.device", device)):
+                     ("sam.device", device), ("hpg.device", device), ("pipeline.method", method)):
         if val:
             cli["hpg"][key] = val
             cli["segmentation"][key] = val
@@ -218,7 +218,9 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("single_node", "", "true: HPG runs inside the segmentation node ('' = as in the parameter file)"),
     ("use_camera", "true", "false: no camera node (e.g. use the official realsense2_camera driver)"),
     ("camera_prefix", "camera", "topic prefix of the camera topics (realsense2_camera names)"),
-    ("sam_checkpoint", "", "SAM checkpoint path ('' = weights-free backend)"),
+    ("method", "", "pipeline.method: auto | uois_sam | heatmap_hdnet | heatmap | grid_fg | grid | weights_free "
+                   "('' = as in the parameter file)"),
+    ("sam_checkpoint", "", "SAM checkpoint path ('' = the shipped small SAM for the SAM methods)"),
     ("sam_model_type", "", "vit_h | vit_l | vit_b | vit_t | vit_synth ('' = as in the parameter file)"),
     ("hpg_checkpoint", "", "HPG checkpoint path ('' = the checkpoint shipped with the package)"),
     ("hdnet_checkpoint", "", "HDNet checkpoint path"),
@@ -241,7 +243,7 @@ def describe_graph_from_arguments(args: dict[str, str]) -> list[NodeSpec]:
                           camera_prefix=a["camera_prefix"], sam_checkpoint=a["sam_checkpoint"],
                           sam_model_type=a["sam_model_type"], hpg_checkpoint=a["hpg_checkpoint"],
                           hdnet_checkpoint=a["hdnet_checkpoint"], device=a["device"],
-                          autostart=a["autostart"], use_sim_time=a["use_sim_time"])
+                          autostart=a["autostart"], use_sim_time=a["use_sim_time"], method=a["method"])
 
 
 def launch_node_kwargs(spec: NodeSpec) -> dict[str, Any]:
