@@ -1,9 +1,10 @@
-"""Per-stage latency at 480x640: vit_t and vit_b (random weights), and the weights-free backend.
+"""Per-stage latency at 480x640: the shipped small SAM (vit_synth), vit_t and vit_b (random
+weights), and the weights-free backend.
 
 Also the ratio of decoding K=30 prompts to decoding the 32x32 grid, measured in the same run on
 the same embedding. Random weights time the same arithmetic as the official ones.
 
-    python -m uois_sam_ros.bench.speed [--models vit_t,vit_b] [--repeats 2] [--grid 32] [--device cpu]
+    python -m uois_sam_ros.bench.speed [--models vit_synth,vit_t,vit_b] [--repeats 2] [--grid 32] [--device cpu]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from uois_sam_ros.core.config import config_from_dict
 from uois_sam_ros.core.segment.hpg import HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
 from uois_sam_ros.core.segment.pipeline import UOISPipeline
 from uois_sam_ros.core.segment.prompting import grid_prompts
+from uois_sam_ros.core.segment.sam_backend import default_sam_checkpoint
 from uois_sam_ros.core.types import Prompts
 
 STAGES = ("prompts", "embedding", "decode", "postprocess", "total")
@@ -41,8 +43,9 @@ def _row(name: str, t: dict[str, float], n: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="vit_t,vit_b",
-                    help="comma-separated SAM types with random weights; \"\" for weights-free only")
+    ap.add_argument("--models", default="vit_synth,vit_t,vit_b",
+                    help="comma-separated SAM types (random weights, except vit_synth: the shipped small SAM "
+                         "and its HDNet when the package has them); \"\" for weights-free only")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per row (after one warm-up)")
     ap.add_argument("--grid", type=int, default=32, help="grid points per side for the ratio")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -63,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         hpg_cfg = {"device": args.device}
         if ckpt is None:  # a random HPG rarely clears 0.85: take its top 30 peaks so K = 30 is timed
             hpg_cfg.update(fg_threshold=0.0, heatmap_threshold=-1e9)
-        cfg = config_from_dict({"sam": {"model_type": mt, "allow_random_weights": True, "device": args.device},
+        shipped = mt == "vit_synth" and default_sam_checkpoint("vit_synth") is not None
+        cfg = config_from_dict({"sam": {"model_type": mt, "allow_random_weights": not shipped, "device": args.device},
                                 "hpg": hpg_cfg, "pipeline": {"method": "uois_sam"}})
-        pipe = UOISPipeline(cfg, hpg_model=hpg)  # a random HDNet sized for this SAM's tokens
+        # shipped: the small SAM and its HDNet; else random weights and a random HDNet sized for the tokens
+        pipe = UOISPipeline(cfg, hpg_model=hpg)
+        mt = f"{mt} (shipped)" if shipped else mt
         runs = []
         for _ in tqdm(range(args.repeats + 1), desc=f"uois_sam {mt}", leave=False):
             inst = pipe.run(frame)
