@@ -165,3 +165,40 @@ def test_comparison_refuses_unknown_and_repeated_methods(synthetic, capsys):
         with pytest.raises(SystemExit) as e:
             main(["--dataset", "uoais-sim", "--root", str(synthetic), "--method", bad])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_sharded_evaluation_equals_one_process_exactly(tmp_path, capsys):
+    """--shard I/N on each of N processes, then --merge: the same means, bit for bit, and the same
+    per-image CSV in the same frame order as a single process."""
+    synthetic = pytest.importorskip("uois_sam_ros.core.data.synthetic")
+    root = tmp_path / "syn5"
+    synthetic.write_uoais_dataset(root, 5, seed=11, cfg=synthetic.SceneConfig(
+        width=320, height=240, min_objects=2, max_objects=4))
+    common = ["--dataset", "uoais-sim", "--root", str(root), "--annotations", str(root / "annotations.json"),
+              "--method", "weights_free", "--no-progress"]
+    assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
+    one_text = capsys.readouterr().out
+    for i in range(2):
+        assert main([*common, "--shard", f"{i}/2", "--json", str(tmp_path / f"s{i}.json")]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "s0.json").read_text())["images"] == 3  # frames 0, 2, 4
+    assert main(["--merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"),
+                 "--json", str(tmp_path / "merged.json")]) == 0
+    merged_text = capsys.readouterr().out
+    one = json.loads((tmp_path / "one.json").read_text())
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["means"] == one["means"] and merged["images"] == 5
+    assert (tmp_path / "merged.csv").read_text() == (tmp_path / "one.csv").read_text()
+    assert merged_text.splitlines()[3].split("|", 1)[1] == one_text.splitlines()[3].split("|", 1)[1]
+    # a missing shard, or shards of two different runs, are refused by name
+    assert main(["--merge", str(tmp_path / "s0.json")]) == 2
+    assert "need shards 0..1 once each; missing [1]" in capsys.readouterr().err
+    other = json.loads((tmp_path / "s1.json").read_text())
+    other["frames_total"] = 6
+    (tmp_path / "x1.json").write_text(json.dumps(other))
+    (tmp_path / "x1.csv").write_text((tmp_path / "s1.csv").read_text())
+    assert main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "x1.json")]) == 2
+    assert "is from another run (frames_total 6 != 5)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--shard", "2/2"])
+    assert "need 0 <= I < N" in capsys.readouterr().err

@@ -33,8 +33,8 @@ class UserError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="uois-sam-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, choices=KINDS, help="dataset layout under --root")
-    ap.add_argument("--root", required=True, help="dataset root folder")
+    ap.add_argument("--dataset", choices=KINDS, help="dataset layout under --root (required unless --merge)")
+    ap.add_argument("--root", help="dataset root folder (required unless --merge)")
     ap.add_argument("--annotations", help="COCO json for --dataset uoais-sim (file names relative to --root)")
     ap.add_argument("--method", default="auto", type=_methods,
                     help="auto | uois_sam | Table IV rows grid, grid_fg, heatmap, heatmap_hdnet | weights_free; "
@@ -53,8 +53,72 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", metavar="PATH", help="dataset means (x100) to PATH, per-image rows to PATH.csv")
     ap.add_argument("--predictions", metavar="DIR",
                     help="re-evaluate saved uint16 label PNGs (paired by file stem) without running a model")
+    ap.add_argument("--shard", type=_shard, metavar="I/N",
+                    help="evaluate only frames I, I+N, I+2N, ... (0 <= I < N); each shard writes its own --json, "
+                         "and --merge joins them into the table of one process")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="join the --json files of the N shards of one run (any order) and print and write "
+                         "(--json) the table a single process gives, frame order included")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return ap
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/2") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def merge_shards(paths: list[str]) -> tuple[MetricAccumulator, dict]:
+    """The accumulator a single process would hold: shard rows put back in dataset order (frame g of
+    the run is row g // N of shard g % N), so the means are computed over the same sequence."""
+    import json
+
+    docs = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise UserError(f"--merge: file not found: {path}")
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"--merge: {path} is not JSON ({e})") from None
+        if not isinstance(doc, dict) or "shard" not in doc or "frames_total" not in doc:
+            raise UserError(f"--merge: {path} was not written by uois-sam-eval --shard ... --json")
+        if not path.with_suffix(".csv").is_file():
+            raise UserError(f"--merge: {path.with_suffix('.csv')} (its per-image rows) is missing")
+        docs.append((path, doc))
+    n = docs[0][1]["shard"][1]
+    first = docs[0][1]
+    for path, doc in docs:
+        for key in ("dataset", "root", "method", "frames_total"):
+            if doc.get(key) != first.get(key):
+                raise UserError(f"--merge: {path} is from another run ({key} {doc.get(key)!r} != {first.get(key)!r})")
+        if doc["shard"][1] != n:
+            raise UserError(f"--merge: {path} is shard {doc['shard'][0]}/{doc['shard'][1]}, the others are of {n}")
+    have = sorted(doc["shard"][0] for _, doc in docs)
+    if have != list(range(n)):
+        missing = sorted(set(range(n)) - set(have))
+        raise UserError(f"--merge: need shards 0..{n - 1} once each; missing {missing}, given {have}")
+    by_shard = {doc["shard"][0]: MetricAccumulator.from_csv(path.with_suffix(".csv")).rows for path, doc in docs}
+    acc = MetricAccumulator()
+    for g in range(int(first["frames_total"])):
+        rows = by_shard[g % n]
+        if g // n < len(rows):
+            acc.rows.append(rows[g // n])
+    return acc, {k: first.get(k) for k in ("dataset", "root", "method")}
+
+
+def run_merge(args: argparse.Namespace) -> MetricAccumulator:
+    acc, meta = merge_shards(args.merge)
+    print(acc.format_table(meta.get("method") or ""))
+    if args.json:
+        acc.to_json(args.json, meta)
+    return acc
 
 
 def _methods(text: str) -> list[str]:
@@ -110,8 +174,8 @@ def run_comparison(args: argparse.Namespace, ds) -> list:
     from uois_sam_ros.core.eval.ablation import MethodResult, RankingStats, format_comparison, rank_last_frame
     from uois_sam_ros.core.segment.pipeline import UOISPipeline, resolve_method
 
-    if args.predictions or args.save_predictions or args.overlays:
-        raise UserError("--predictions, --save-predictions and --overlays take one --method")
+    if args.predictions or args.save_predictions or args.overlays or args.shard:
+        raise UserError("--predictions, --save-predictions, --overlays and --shard take one --method")
     pipes, results = [], []
     for m in args.method:
         overrides = dotted_overrides(args.set)
@@ -161,6 +225,10 @@ def run_comparison(args: argparse.Namespace, ds) -> list:
 def run(args: argparse.Namespace) -> MetricAccumulator:
     from tqdm import tqdm
 
+    if args.merge:
+        return run_merge(args)
+    if not args.dataset or not args.root:
+        raise UserError("--dataset and --root are required (except with --merge)")
     ds = open_dataset(args.dataset, args.root, args.annotations, intrinsics=_intrinsics(args),
                       sample_every=args.sample_every, limit=args.limit)
     if len(ds) == 0:
@@ -192,8 +260,9 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
     acc = MetricAccumulator()
     save_dir = Path(args.save_predictions) if args.save_predictions else None
     ov_dir = Path(args.overlays) if args.overlays else None
-    bar = tqdm(range(len(ds)), desc=f"eval {args.dataset}", unit="img", disable=args.no_progress,
-               file=sys.stderr)
+    frames = range(len(ds)) if args.shard is None else range(args.shard[0], len(ds), args.shard[1])
+    bar = tqdm(frames, desc=f"eval {args.dataset}" + (f" shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""),
+               unit="img", disable=args.no_progress, file=sys.stderr)
     for i in bar:
         s = ds[i]
         if s.label is None and save_dir is None and ov_dir is None:
@@ -223,7 +292,10 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
     if len(acc):
         print(acc.format_table(title))
     if args.json:
-        acc.to_json(args.json, {"dataset": args.dataset, "root": str(args.root), "method": title})
+        extra = {"dataset": args.dataset, "root": str(args.root), "method": title}
+        if args.shard is not None:
+            extra.update(shard=list(args.shard), frames_total=len(ds))
+        acc.to_json(args.json, extra)
     return acc
 
 

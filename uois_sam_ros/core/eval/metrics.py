@@ -215,6 +215,20 @@ class MetricAccumulator:
         out[-1] += ")"
         return "\n".join(out)
 
+    @classmethod
+    def from_csv(cls, path: str | Path) -> MetricAccumulator:
+        """The rows a to_json CSV holds, in its order (floats round-trip exactly through repr)."""
+        acc = cls()
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                try:
+                    row = {"name": r["name"], **{k: float(r[k]) for k in KEYS},
+                           "boundary_undefined": float(r["boundary_undefined"])}
+                except (KeyError, ValueError, TypeError) as e:
+                    raise ValueError(f"{path}: not a per-image metrics CSV of uois-sam-eval ({e})") from None
+                acc.rows.append(row)
+        return acc
+
     def to_json(self, path: str | Path, extra: dict | None = None) -> None:
         """Dataset means (x100) to PATH and the per-image rows to PATH with a .csv suffix."""
         path = Path(path)
