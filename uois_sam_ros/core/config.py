@@ -105,6 +105,7 @@ class GeometricConfig:
     min_region_pixels: int = 150  # smallest object region at 640x480 (scaled with the image area)
     min_support: float = 0.5  # fraction of a cluster's footprint that must lie on the table
     seed: int = 1  # RANSAC seed, so that a frame always gives the same plane
+    box_limit: bool = False  # apply postprocess's 200x200 box limit (made for SAM's background masks) here too
 
 
 @dataclass

@@ -432,7 +432,14 @@ class UOISPipeline:
         idx, best, keep = select_best(dec.scores, cfg.pipeline.weights_free_min_score)
         kept = np.flatnonzero(keep)
         masks = np.asarray(dec.masks)[kept, idx[kept]] if len(kept) else np.zeros((0, H, W), bool)
-        order = filter_masks(masks, best[kept], cfg.postprocess, H, W)
+        post = cfg.postprocess
+        if not cfg.geometric.box_limit:
+            # regions stand on the fitted table by construction; the box limit would drop the objects
+            # nearest the camera (a 22 cm canister at 0.6 m is 225 px tall), not background
+            import dataclasses
+
+            post = dataclasses.replace(post, max_box_height=10**9, max_box_width=10**9)
+        order = filter_masks(masks, best[kept], post, H, W)
         kept, masks = kept[order], masks[order]
         # sam_iou stays NaN (Instance.msg): the geometric segmenter has no SAM IoU, only its own score
         out = Instances(masks, best[kept], sam_iou=None, prompts=prompts.points[kept], stamp=frame.stamp)
