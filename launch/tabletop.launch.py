@@ -1,8 +1,10 @@
 """ros2 launch uois_sam_ros tabletop.launch.py [source:=realsense] [sam_checkpoint:=/path/sam.pth] ...
 
-camera -> hpg -> segmentation -> /instances. The graph (nodes, parameters, remaps) comes from
-uois_sam_ros.ros.graph.describe_graph_from_arguments, the same function that uois-sam-bringup
-calls, so the launch file and the in-process bringup cannot drift. Run
+camera -> hpg -> segmentation -> /instances -> amodal -> instances/amodal (-> grasp -> grasps,
+with grasp:=true). The graph (nodes,
+parameters, remaps) comes from uois_sam_ros.ros.graph.describe_graph_from_arguments, the same
+function that uois-sam-bringup calls, so the launch file and the in-process bringup cannot
+drift. Run
 `ros2 launch uois_sam_ros tabletop.launch.py --show-args` for the arguments.
 
 Every node process gets the package's Fast DDS profile (uois_sam_ros/data/fastdds_shm.xml:

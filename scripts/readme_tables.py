@@ -10,7 +10,10 @@ import re
 from pathlib import Path
 
 from uois_sam_ros.ros.params import (
+    AMODAL_PARAMS,
     CAMERA_PARAMS,
+    GRASP_PARAMS,
+    GRASP_SECTIONS,
     HPG_PARAMS,
     SEGMENTATION_PARAMS,
     config_param_specs,
@@ -19,7 +22,9 @@ from uois_sam_ros.ros.params import (
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS = {"### Node `camera`": CAMERA_PARAMS, "### Node `hpg`": HPG_PARAMS,
-            "### Node `segmentation`": SEGMENTATION_PARAMS, "### Core parameters": config_param_specs()}
+            "### Node `segmentation`": SEGMENTATION_PARAMS, "### Core parameters": config_param_specs(),
+            "### Node `grasp`": GRASP_PARAMS, "### Grasp parameters": config_param_specs(GRASP_SECTIONS),
+            "### Node `amodal`": AMODAL_PARAMS, "### Amodal parameters": config_param_specs(("amodal",))}
 
 
 def main() -> None:

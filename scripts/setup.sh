@@ -84,7 +84,7 @@ say "cmake exports: patched $patched file(s)"
 export AMENT_PREFIX_PATH="$VENV"
 export CMAKE_PREFIX_PATH="$VENV"
 SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-h=$(hash_of "$REPO"/msg/*.msg "$REPO/CMakeLists.txt" "$REPO/package.xml" "$REPO/requirements/ros.txt")
+h=$(hash_of "$REPO"/msg/*.msg "$REPO"/srv/*.srv "$REPO/CMakeLists.txt" "$REPO/package.xml" "$REPO/requirements/ros.txt")
 if stamp_ok msgs "$h" && [[ -d "$SITE/uois_sam_ros/msg" ]]; then
   say "messages: up to date"
 else

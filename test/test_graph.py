@@ -98,8 +98,8 @@ def test_launch_file_equals_bringup_description(monkeypatch, args):
     names = [n["name"] for n in from_launch]
     single = args.get("single_node") == "true"
     cam = args.get("use_camera", "true") == "true"
-    assert names == (["camera"] if cam else []) + (["segmentation"] if single else ["hpg", "segmentation"])
-    seg = from_launch[-1]
+    assert names == (["camera"] if cam else []) + (["segmentation"] if single else ["hpg", "segmentation"]) + ["amodal"]
+    seg = next(n for n in from_launch if n["name"] == "segmentation")
     if "sam_checkpoint" in args:
         assert seg["parameters"][0]["sam.checkpoint"] == args["sam_checkpoint"]
         assert seg["parameters"][0]["sam.device"] == "cuda:0"

@@ -306,7 +306,7 @@ def test_hpg_process_never_holds_a_sam_model(tmp_path):
 
 def test_hpg_backbone_sam_makes_the_graph_single_node():
     specs = describe_graph(overrides={"hpg": {"hpg.backbone": "sam"}, "segmentation": {"hpg.backbone": "sam"}})
-    assert [s.name for s in specs] == ["camera", "segmentation"]
+    assert [s.name for s in specs] == ["camera", "segmentation", "amodal"]
     seg = next(s for s in specs if s.name == "segmentation")
     assert seg.parameters["single_node"] is True
 

@@ -56,7 +56,11 @@ def test_resolve_method():
         resolve_method(config_from_dict({"pipeline": {"method": "sam_auto"}}))
 
 
-def test_sam_method_without_checkpoint_names_it():
+def test_sam_method_without_checkpoint_names_it(monkeypatch):
+    """With no small SAM installed either (the shipped one stands in otherwise)."""
+    from uois_sam_ros.core.segment import pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "default_sam_checkpoint", lambda model_type="vit_synth": None)
     with pytest.raises(CheckpointError, match="sam.checkpoint is not set"):
         UOISPipeline(config_from_dict({"pipeline": {"method": "grid"}, "sam": {"model_type": "vit_tiny"}}))
 

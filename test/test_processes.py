@@ -149,7 +149,8 @@ def _assert_profile_in_children(graph: GraphProcesses) -> None:
 @pytest.mark.parametrize("single", [False, True], ids=["split", "single_node"])
 def test_graph_as_processes_answers_at_least_90_percent_of_frames(tmp_path, single):
     specs = describe_graph(single_node=single, overrides={"camera": {"rate": RATE}})
-    assert [s.name for s in specs] == (["camera", "segmentation"] if single else ["camera", "hpg", "segmentation"])
+    assert [s.name for s in specs] == (["camera", "segmentation"] if single else ["camera", "hpg", "segmentation"]) + \
+        ["amodal"]
     listener = TopicListener({COLOR_TOPIC: (Image, SENSOR_QOS), INFO_TOPIC: (CameraInfo, SENSOR_QOS),
                               "prompts": (PromptsMsg, LATEST_QOS), "instances": (InstanceArray, LATEST_QOS)})
     color, info, prompts, inst = (listener.stamps[t] for t in (COLOR_TOPIC, INFO_TOPIC, "prompts", "instances"))

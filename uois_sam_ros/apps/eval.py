@@ -60,7 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="join the --json files of the N shards of one run (any order) and print and write "
                          "(--json) the table a single process gives, frame order included")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    am = ap.add_argument_group("amodal completion (--task amodal; needs amodal GT: UOAIS-Sim json, OSD-Amodal)")
+    am.add_argument("--task", choices=("segmentation", "amodal"), default="segmentation",
+                    help="segmentation: the overlap/boundary table; amodal: mIoU_full, mIoU_occ and mask AP/AP50/AP75/AR "
+                         "of amodal completion")
+    am.add_argument("--visible", choices=("gt", "predicted"), default="gt",
+                    help="gt: complete the GT visible masks (the papers' protocol, completion quality alone); "
+                         "predicted: complete the instances of --method, matched to the GT by visible IoU >= 0.5")
+    am.add_argument("--amodal-method", default="completer,convex_hull,visible", type=_amodal_methods,
+                    help="comma-separated amodal.method values run on the same frames in one table "
+                         "(completer, sameo, amodal_sam, convex_hull, visible, auto); checkpoints via --set amodal.*")
     return ap
+
+
+def _amodal_methods(text: str) -> list[str]:
+    from uois_sam_ros.core.amodal.stage import AMODAL_METHODS
+
+    names = [m.strip() for m in str(text).split(",") if m.strip()]
+    bad = [m for m in names if m not in AMODAL_METHODS]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"bad --amodal-method {text!r}: choose distinct names from "
+                                         f"{', '.join(AMODAL_METHODS)}")
+    return names
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -222,6 +243,57 @@ def run_comparison(args: argparse.Namespace, ds) -> list:
     return results
 
 
+def run_amodal(args: argparse.Namespace, ds) -> dict:
+    """--task amodal: every --amodal-method on the same frames, one table, --json with the figures."""
+    import json
+
+    from uois_sam_ros.core.amodal.stage import AmodalStage, evaluate_amodal, gt_visible
+    from uois_sam_ros.core.eval.amodal_metrics import format_amodal_table
+
+    if args.predictions or args.save_predictions or args.shard or len(args.method) > 1:
+        raise UserError("--task amodal takes one --method and no --predictions, --save-predictions or --shard")
+    try:
+        gt_visible(ds[0])
+    except ValueError as e:
+        raise UserError(f"--task amodal: {e}") from None
+    cfgs = {}
+    for m in args.amodal_method:
+        overrides = dotted_overrides(args.set)
+        overrides.setdefault("amodal", {})["method"] = m
+        overrides.setdefault("pipeline", {})["method"] = args.method[0]
+        cfgs[m] = load_config(args.config, overrides)
+    stages = {}
+    for m, cfg in cfgs.items():
+        st = AmodalStage(cfg.amodal, cfg.sam)
+        if st.note:
+            print(f"uois-sam-eval: {st.note}", file=sys.stderr)
+        stages[m if m != "auto" else f"auto={st.method}"] = st
+    front = None
+    if args.visible == "predicted":
+        from uois_sam_ros.core.segment.pipeline import UOISPipeline, resolve_method
+
+        cfg = next(iter(cfgs.values()))
+        _check_inputs(ds, resolve_method(cfg), cfg, args.dataset)
+        front = UOISPipeline(cfg)
+    try:
+        res = evaluate_amodal((ds[i] for i in range(len(ds))), stages, front, progress=not args.no_progress,
+                              overlay_dir=args.overlays)
+    except FrameError as e:
+        raise UserError(str(e)) from None
+    title = f"{args.dataset} {args.root}: amodal, --visible {args.visible}" + (
+        f" (instances of {args.method[0]})" if front is not None else "") + ", x100"
+    print(format_amodal_table(res, title))
+    if args.json:
+        first = next(iter(res.values()))
+        doc = {**{k: first[k] for k in ("mIoU_full", "mIoU_occ", "AP", "AP50", "AP75", "AR") if k in first},
+               "task": "amodal", "visible": args.visible, "dataset": args.dataset, "root": str(args.root),
+               "images": len(ds), "method": next(iter(res)), "methods": res}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2))
+    return res
+
+
 def run(args: argparse.Namespace) -> MetricAccumulator:
     from tqdm import tqdm
 
@@ -233,6 +305,8 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
                       sample_every=args.sample_every, limit=args.limit)
     if len(ds) == 0:
         raise UserError(f"{args.dataset} at {args.root}: no frames to evaluate")
+    if args.task == "amodal":
+        return run_amodal(args, ds)
     if len(args.method) > 1:
         return run_comparison(args, ds)
     args.method = args.method[0]

@@ -123,6 +123,78 @@ class PipelineConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Test-time adaptation of SAM's mask decoder from clicks (Schoen et al.; core/adapt)."""
+
+    click_adaptation: str = "none"  # CA, a step after every click: none | R (reset per object) | C (continual)
+    result_mask: str = "none"  # RM, a step on the result mask after each object: none | U (untreated) | E (eroded)
+    click_mask: bool = False  # CM: a step on all of an object's clicks after it (merged with RM when both)
+    lr: float = 1e-6  # Adam learning rate (the paper: 1e-6); only the mask decoder is optimised
+    erosion_iterations: int = 5  # E: erosions with a 3x3 cross, foreground and background separately (k)
+    steps: int = 1  # optimisation steps per adaptation event (the paper: 1)
+    per_class: bool = True  # one decoder copy per class name; false: every class shares one decoder
+    max_classes: int = 16  # most per-class decoder copies held (each is the decoder plus Adam's two moments)
+
+
+@dataclass
+class GraspConfig:
+    """Grasps for a Franka hand from instance point clouds (core/grasp)."""
+
+    backend: str = "antipodal"  # antipodal (built in, weights-free) | gsnet (graspness GSNet, needs its code and weights)
+    top_n: int = 5  # grasps kept per instance after grasp NMS, best first
+    max_opening: float = 0.08  # widest opening the hand may use, metres (Franka hand: 0.08)
+    finger_clearance: float = 0.005  # free space between each pad and the object as the hand arrives, metres
+    approach_distance: float = 0.05  # straight last approach swept by the hand and checked for collisions, metres
+    friction_deg: float = 20.0  # half angle of the friction cone the contact normals must lie in, degrees
+    min_contact_points: int = 6  # surface points per finger whose normals lie in the friction cone (GPD: 6)
+    collision_points: int = 2  # a hand pose collides when this many scene points lie inside the hand
+    collision_margin: float = 0.005  # the sampler grows the hand by this for its collision check, metres
+    table_clearance: float = 0.003  # the fingertips must stay this far above the table plane, metres
+    table_band: float = 0.008  # points this close to the table plane are table, not object, metres
+    min_depth: float = 0.15  # workspace: nearest depth used, metres
+    max_depth: float = 2.0  # workspace: farthest depth used, metres
+    max_height: float = 0.5  # workspace: points higher than this above the table are ignored, metres
+    voxel_size: float = 0.004  # instance clouds are downsampled to this voxel, metres
+    scene_voxel: float = 0.005  # the collision cloud is downsampled to this voxel, metres (graspnet-baseline: 0.01)
+    outlier_neighbors: int = 20  # statistical outlier removal on instance clouds: neighbours per point (0 = off)
+    outlier_std: float = 2.0  # ... a point farther than mean + this x std from its neighbours is dropped
+    normal_radius: float = 0.015  # surface normals from the neighbours within this radius, metres
+    min_points: int = 30  # an instance with fewer valid depth points gets no grasp (and a warning)
+    complete_hidden: bool = True  # infer the unseen sides: footprint walls down to the table, carved by the depth
+    use_amodal: bool = True  # when instances carry amodal masks, the unseen sides stay inside them
+    yaw_steps: int = 12  # closing directions tried in the table plane (plus the footprint's box axes)
+    max_tilt_deg: float = 60.0  # largest approach tilt away from straight down, degrees
+    tilt_steps: int = 2  # tilts tried on each side of straight down (2: 0, +-30, +-60 degrees)
+    slices: int = 5  # jaw positions tried along the object
+    depth_steps: int = 3  # how deep the pad centre goes past the first surface: max_grasp_depth x k / depth_steps
+    max_grasp_depth: float = 0.03  # ... the deepest of those, metres (graspnet: depths 0.01 to 0.04)
+    max_candidates: int = 400  # best candidates per instance that get the collision check
+    nms_distance: float = 0.02  # grasp NMS: a grasp this close to a better one (metres) ...
+    nms_angle_deg: float = 30.0  # ... and rotated less than this (degrees) is dropped
+    gsnet_checkpoint: str | None = None  # gsnet: the graspness checkpoint (.tar); never downloaded
+    gsnet_repo: str | None = None  # gsnet: folder of the graspness implementation (models/graspnet.py), if not on sys.path
+    gsnet_points: int = 15000  # gsnet: scene points fed to the network
+    device: str = "auto"  # gsnet: auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
+    seed: int = 1  # seed of the random point sampling, so that a frame always gives the same grasps
+
+
+@dataclass
+class AmodalConfig:
+    """Amodal completion (core/amodal): each instance's full shape, and which instance occludes which."""
+
+    method: str = "auto"  # which completion runs; auto = sameo with a decoder_checkpoint, amodal_sam with an sca_checkpoint, else the completer
+    checkpoint: str | None = None  # completer weights (uois-sam-train-amodal); none = the completer shipped in the package
+    decoder_checkpoint: str | None = None  # sameo: the amodal-fine-tuned mask decoder of the SAM set in sam.*
+    sca_checkpoint: str | None = None  # amodal_sam: Spatial Completion Adapters for the encoder of the SAM set in sam.*
+    threshold: float = 0.5  # completer: probability above which a pixel is part of the amodal mask
+    restrict_to_occluders: bool = True  # completer: the hidden part lies only under other instances or depth holes
+    box_expand: float = 0.2  # amodal_sam: the box prompt and box prior grow by this x their side on each side
+    occlusion_band: int = 3  # occlusion order: depth band compared on each side of a shared boundary, px
+    occlusion_margin: float = 0.01  # occlusion order: a side this much nearer (metres, or 1 % of the depth) is in front
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
+
+
+@dataclass
 class Config:
     sam: SamConfig = field(default_factory=SamConfig)
     hpg: HPGConfig = field(default_factory=HPGConfig)
@@ -130,6 +202,9 @@ class Config:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     geometric: GeometricConfig = field(default_factory=GeometricConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    grasp: GraspConfig = field(default_factory=GraspConfig)
+    amodal: AmodalConfig = field(default_factory=AmodalConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)  # the segmentation node's ~/refine service
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -44,6 +44,7 @@ CAMERA_TOPICS = (COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC)
 @dataclass(frozen=True)
 class NodeKind:
     executable: str  # script in lib/uois_sam_ros (launch) and the uois-sam-<name> console script
+    # (grasp: uois-sam-grasp-node, since uois-sam-grasp is the offline grasp CLI)
     module: str  # "module:Class" that the in-process bringup instantiates
 
 
@@ -51,6 +52,8 @@ NODE_KINDS: dict[str, NodeKind] = {
     "camera": NodeKind("camera", "uois_sam_ros.nodes.camera:CameraNode"),
     "hpg": NodeKind("hpg", "uois_sam_ros.nodes.hpg:HPGNode"),
     "segmentation": NodeKind("segmentation", "uois_sam_ros.nodes.segmentation:SegmentationNode"),
+    "amodal": NodeKind("amodal", "uois_sam_ros.nodes.amodal:AmodalNode"),
+    "grasp": NodeKind("grasp", "uois_sam_ros.nodes.grasp:GraspNode"),
 }
 
 
@@ -136,6 +139,7 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
                    camera_prefix: str = "camera", sam_checkpoint: str = "", sam_model_type: str = "",
                    hpg_checkpoint: str = "", hdnet_checkpoint: str = "", device: str = "",
                    autostart: bool | str = True, use_sim_time: bool | str = False, method: str = "",
+                   amodal: bool | str = True, grasp: bool | str = False,
                    overrides: dict[str, dict[str, Any]] | None = None) -> list[NodeSpec]:
     """The tabletop graph: camera -> hpg -> segmentation, or camera -> segmentation (single node).
 
@@ -147,15 +151,19 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
     overrides: {node name: {param: value}} applied last (tests, CLI flags).
     hpg.backbone=sam makes the graph single-node: those prompts need SAM's image embedding,
     which only the segmentation node computes (the hpg node never loads SAM).
+    amodal: the amodal node completes /instances into instances/amodal (false: no amodal node).
+    grasp: the grasp node turns the instances (instances/amodal when the amodal node runs) into
+    Franka grasps (grasps, grasps/markers).
     """
     kwargs = dict(namespace=namespace, source=source, use_camera=use_camera, camera_prefix=camera_prefix,
                   sam_checkpoint=sam_checkpoint, sam_model_type=sam_model_type, hpg_checkpoint=hpg_checkpoint,
                   hdnet_checkpoint=hdnet_checkpoint, device=device, autostart=autostart,
-                  use_sim_time=use_sim_time, method=method, overrides=overrides)
+                  use_sim_time=use_sim_time, method=method, amodal=amodal, grasp=grasp,
+                  overrides=overrides)
     path = Path(params_file) if params_file else default_params_file()
     file_params = load_params_file(path)
     shared = file_params.pop("/**", {})
-    names = {"camera", "hpg", "segmentation"}
+    names = {"camera", "hpg", "segmentation", "amodal", "grasp"}
     for node in file_params:
         if node not in names:
             raise GraphError(f"{path}: unknown node {node!r}; the graph has {sorted(names)}")
@@ -164,7 +172,9 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
     single = _truthy(seg_file.get("single_node", False) if single_node in (None, "") else single_node)
     auto = _truthy(autostart)
     cli: dict[str, dict[str, Any]] = {"camera": {"autostart": auto}, "hpg": {"autostart": auto},
-                                      "segmentation": {"single_node": single, "autostart": auto}}
+                                      "segmentation": {"single_node": single, "autostart": auto},
+                                      "amodal": {"autostart": auto},
+                                      "grasp": {"autostart": auto, "use_amodal": _truthy(amodal)}}
     if source:
         cli["camera"].update(parse_source(source))
     for key, val in (("sam.checkpoint", sam_checkpoint), ("sam.model_type", sam_model_type),
@@ -173,6 +183,10 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
         if val:
             cli["hpg"][key] = val
             cli["segmentation"][key] = val
+            if key.startswith("sam."):  # the SAM of SAMEO / Amodal SAM is the graph's SAM
+                cli["amodal"][key] = val
+    if device:
+        cli["amodal"]["amodal.device"] = device
 
     ns = namespace.strip()
     if ns and not ns.startswith("/"):
@@ -182,6 +196,8 @@ def describe_graph(params_file: str | Path | None = None, *, namespace: str = ""
 
     order = ["camera"] if _truthy(use_camera) else []
     order += ["segmentation"] if single else ["hpg", "segmentation"]
+    order += ["amodal"] if _truthy(amodal) else []
+    order += ["grasp"] if _truthy(grasp) else []
     specs = []
     for name in order:
         kind = NODE_KINDS[name]
@@ -228,6 +244,9 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("autostart", "true", "configure and activate every node at start-up (false: drive them through "
                           "the lifecycle services)"),
     ("use_sim_time", "false", "take every node's clock from /clock (replaying a bag)"),
+    ("amodal", "true", "false: no amodal node (instances/amodal: full shapes of occluded instances, "
+                       "and instances/occlusion_order)"),
+    ("grasp", "false", "true: add the grasp node (Franka grasps for the instances: grasps, grasps/markers)"),
 )
 
 
@@ -243,7 +262,8 @@ def describe_graph_from_arguments(args: dict[str, str]) -> list[NodeSpec]:
                           camera_prefix=a["camera_prefix"], sam_checkpoint=a["sam_checkpoint"],
                           sam_model_type=a["sam_model_type"], hpg_checkpoint=a["hpg_checkpoint"],
                           hdnet_checkpoint=a["hdnet_checkpoint"], device=a["device"],
-                          autostart=a["autostart"], use_sim_time=a["use_sim_time"], method=a["method"])
+                          autostart=a["autostart"], use_sim_time=a["use_sim_time"], method=a["method"],
+                          amodal=a["amodal"], grasp=a["grasp"])
 
 
 def launch_node_kwargs(spec: NodeSpec) -> dict[str, Any]:

@@ -123,14 +123,47 @@ SEGMENTATION_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
               "run the prompt source inside this node (no prompts topic, one hop less)", True),
     ParamSpec("publish_overlay", "bool", True, "publish instances/overlay (rgb8)"),
     ParamSpec("frame_buffer", "int", 10, "split mode: frames kept waiting for their prompts", min=1, max=100),
+    ParamSpec("refine_frames", "int", 5,
+              "~/refine: recent frames kept with their instances and SAM image embedding (0 = no refinement)",
+              min=0, max=50),
+    ParamSpec("decoder_dir", "string", "",
+              "~/refine: folder of the adapted SAM decoders, one file per class name, loaded at configure and "
+              "written after each adapted object ('' = kept in memory only)", True),
+)
+
+GRASP_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
+    ParamSpec("use_amodal", "bool", False,
+              "subscribe to instances/amodal (an InstanceArray with amodal masks) instead of instances", True),
+    ParamSpec("frame_buffer", "int", 30, "depth images kept waiting for the instances of their stamp",
+              min=1, max=300),
+    ParamSpec("camera_to_base", "string", "",
+              "hand-eye extrinsic T_base_camera: 16 numbers (row-major 4x4) or 7 (x y z qx qy qz qw); "
+              "'' = grasps in the camera frame"),
+    ParamSpec("base_frame", "string", "panda_link0", "frame_id of the grasps when camera_to_base or use_tf is set"),
+    ParamSpec("use_tf", "bool", False, "take T_base_camera from TF (base_frame <- the instances' frame; "
+              "needs tf2_ros)", True),
+    ParamSpec("tf_timeout", "double", 0.2, "use_tf: seconds to wait for the transform", min=0.0, max=10.0),
+    ParamSpec("publish_markers", "bool", True, "publish grasps/markers (Franka hand models for RViz2)"),
+    ParamSpec("markers_per_instance", "int", 1, "grasps per instance drawn in grasps/markers", min=0, max=50),
+    ParamSpec("publish_clouds", "bool", False,
+              "publish grasps/clouds: the instance point clouds (PointCloud2 with an instance_id field)"),
+)
+
+AMODAL_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
+    ParamSpec("publish_overlay", "bool", True, "publish instances/amodal_overlay (rgb8)"),
+    ParamSpec("frame_buffer", "int", 10, "frames kept waiting for the instances of their stamp", min=1, max=100),
 )
 
 # Core config fields that cannot change at run time. Every other core field can: thresholds
 # apply from the next frame, and model paths/types load the new model in the background
 # (nodes/inputs.py PipelineHolder). Random weights must never be switched on in a running graph.
-_READ_ONLY_CONFIG = {"sam.allow_random_weights"}
+# adapt.lr: the decoder copies that exist keep their optimiser, so a new rate would not reach them.
+_READ_ONLY_CONFIG = {"sam.allow_random_weights", "adapt.lr"}
 _CONFIG_CHOICES = {"sam.model_type": ("vit_h", "vit_l", "vit_b", "vit_t", "vit_synth"),
-                   "pipeline.weights_free_prompts": ("geometric", "hpg")}
+                   "grasp.backend": ("antipodal", "gsnet"),
+                   "amodal.method": ("auto", "completer", "sameo", "amodal_sam", "convex_hull", "visible"),
+                   "pipeline.weights_free_prompts": ("geometric", "hpg"),
+                   "adapt.click_adaptation": ("none", "R", "C"), "adapt.result_mask": ("none", "U", "E")}
 
 
 def _ros_type(tp: Any) -> tuple[str, bool] | None:
@@ -145,9 +178,16 @@ def _ros_type(tp: Any) -> tuple[str, bool] | None:
             str: ("string", False)}.get(tp)
 
 
+# The Config sections of the segmentation graph (hpg, segmentation nodes) and of the grasp node.
+SEGMENT_SECTIONS = ("sam", "hpg", "hdnet", "postprocess", "geometric", "pipeline")
+GRASP_SECTIONS = ("grasp",)
+AMODAL_SECTIONS = ("sam", "amodal")  # the amodal node: its own section, and the SAM that SAMEO / Amodal SAM use
+
+
 @functools.cache
-def config_param_specs() -> tuple[ParamSpec, ...]:
-    """One ROS parameter per scalar leaf of the core Config tree ('sam.checkpoint', 'hpg.top_k', ...).
+def config_param_specs(sections: tuple[str, ...] = SEGMENT_SECTIONS) -> tuple[ParamSpec, ...]:
+    """One ROS parameter per scalar leaf of the given sections of the core Config tree
+    ('sam.checkpoint', 'hpg.top_k', ...; the grasp node: 'grasp.top_n', ...).
 
     Optional string fields (checkpoints) use '' for None. Cached: the descriptions are read from
     config.py's source (about 10 ms), and the Config tree never changes at run time.
@@ -155,6 +195,8 @@ def config_param_specs() -> tuple[ParamSpec, ...]:
     out = []
     root = Config()
     for sec in dataclasses.fields(Config):
+        if sec.name not in sections:
+            continue
         sub = getattr(root, sec.name)
         if not dataclasses.is_dataclass(sub):
             continue
@@ -180,7 +222,8 @@ def params_to_config(values: dict[str, Any]) -> Config:
     from uois_sam_ros.core.config import config_from_dict
 
     tree: dict[str, dict] = {}
-    nullable = {s.name for s in config_param_specs() if s.type == "string"}
+    nullable = {s.name for s in config_param_specs() + config_param_specs(GRASP_SECTIONS)
+                + config_param_specs(AMODAL_SECTIONS) if s.type == "string"}
     for k, v in values.items():
         if "." not in k:
             continue
@@ -192,10 +235,17 @@ def params_to_config(values: dict[str, Any]) -> Config:
     return config_from_dict(tree)
 
 
+# The segmentation node's ~/refine service adapts SAM's mask decoder from clicks (core/adapt): the
+# adapt.* parameters are that node's alone, so they join its own list (and its README table).
+ADAPT_SECTIONS = ("adapt",)
+SEGMENTATION_PARAMS = SEGMENTATION_PARAMS + config_param_specs(ADAPT_SECTIONS)
+
 NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
     "camera": CAMERA_PARAMS,
     "hpg": HPG_PARAMS + config_param_specs(),
     "segmentation": SEGMENTATION_PARAMS + config_param_specs(),
+    "grasp": GRASP_PARAMS + config_param_specs(GRASP_SECTIONS),
+    "amodal": AMODAL_PARAMS + config_param_specs(AMODAL_SECTIONS),
 }
 
 

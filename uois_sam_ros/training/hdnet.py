@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from uois_sam_ros.training.common import (
     TrainingError,
     fraction_indices,
 )
+from uois_sam_ros.training.dist import DistContext, error_line, init_distributed
 
 
 def sample_prompts(label: np.ndarray, num_fg: int, num_bg: int,
@@ -140,7 +142,7 @@ class FeatureCache:
             pr = seg.predictor
             c = CachedImage(pr.features.detach().cpu(), tuple(pr.input_size), tuple(pr.original_size))
             if p is not None:
-                tmp = p.with_suffix(".tmp")
+                tmp = p.with_suffix(f".{os.getpid()}.tmp")  # processes of one run may write the same entry
                 torch.save({"features": c.features, "input_size": list(c.input_size),
                             "original_size": list(c.original_size)}, tmp)
                 tmp.replace(p)  # a run killed mid-write leaves no truncated entry behind
@@ -159,13 +161,24 @@ def _set_cached(seg: SamSegmenter, c: CachedImage) -> None:
     pr.is_image_set = True
 
 
+def _check_label(sample: Sample) -> np.ndarray:
+    if sample.label is None:
+        raise TrainingError(f"sample {sample.name} has no label; HDNet training needs visible instance labels")
+    return sample.label
+
+
 def hdnet_batch(seg: SamSegmenter, cache: FeatureCache, sample: Sample, num_fg: int, num_bg: int,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Frozen-SAM outputs and eq. 6 targets for one image's sampled prompts."""
-    if sample.label is None:
-        raise TrainingError(f"sample {sample.name} has no label; HDNet training needs visible instance labels")
+    _check_label(sample)
+    return prompted_batch(seg, cache, sample, *sample_prompts(sample.label, num_fg, num_bg, rng))
+
+
+def prompted_batch(seg: SamSegmenter, cache: FeatureCache, sample: Sample, prompts: Prompts,
+                   owner: np.ndarray) -> dict[str, torch.Tensor]:
+    """hdnet_batch for prompts drawn already: processes of one run draw every image's prompts
+    from the shared stream (so it stays the single-process one) and decode only their own."""
     _set_cached(seg, cache.get(seg, sample))
-    prompts, owner = sample_prompts(sample.label, num_fg, num_bg, rng)
     low = seg.decode_lowres(prompts)
     masks = seg.upsample(low.logits)  # (K, 4, H, W) bool at the image size
     target = iou_targets(masks.cpu(), torch.from_numpy(sample.label.astype(np.int64)), torch.from_numpy(owner))
@@ -187,25 +200,64 @@ def train_step(model: HDNet, opt: torch.optim.Optimizer, b: dict[str, torch.Tens
     return loss.item()
 
 
+def _shard_loss(model: HDNet, b: dict[str, torch.Tensor], k_global: int, world: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's part of eq. 7 over a global batch of k_global prompts: the sum of its rows'
+    mean squared errors / k_global, times world (DDP's gradient average undoes it)."""
+    err = (model.adapted_iou(b["iou_pred"], b["t_iou"], b["t_mask"]) - b["target"]).pow(2).mean(1).sum() / k_global
+    return world * err, err.detach()
+
+
+def shard_train_step(model: HDNet, step: torch.nn.Module, opt: torch.optim.Optimizer, seg: SamSegmenter,
+                     cache: FeatureCache, images: list[Sample], num_fg: int, num_bg: int,
+                     rng: np.random.Generator, ctx: DistContext) -> float:
+    """train_step on a global batch of images, this process decoding ctx.shard of them. Every
+    process draws every image's prompts from rng (the single-process stream), so the prompt
+    count, and with it the loss normaliser, is that of the global batch."""
+    drawn = [sample_prompts(_check_label(im), num_fg, num_bg, rng) for im in images]
+    k_global = sum(len(owner) for _, owner in drawn)
+    mine = range(len(images))[ctx.shard(len(images))]
+    bs = [prompted_batch(seg, cache, images[j], *drawn[j]) for j in mine]
+    if bs:
+        b = {k: torch.cat([x[k] for x in bs]) for k in bs[0]}
+    else:  # a short last batch left this process nothing: it still joins the gradient average
+        c, dev = model.token_dim, seg.device
+        b = {"t_iou": torch.zeros(0, c, device=dev), "t_mask": torch.zeros(0, 4, c, device=dev),
+             "iou_pred": torch.zeros(0, 4, device=dev), "target": torch.zeros(0, 4, device=dev)}
+    model.train()
+    loss, err = step(b, k_global, ctx.world_size)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return ctx.sum([float(err)])[0]
+
+
 def train_hdnet(seg: SamSegmenter, train: list[Sample], val: list[Sample], out: str | Path, *,
                 epochs: int = 10, lr: float = 1e-3, weight_decay: float = 1e-4, num_prompts: int = 30,
                 num_bg: int = 10, images_per_step: int = 4, cache_dir: str | Path | None = None,
                 seed: int = 0, log: str | Path | None = None, max_minutes: float = 0.0,
-                meta: dict | None = None, progress: bool = True) -> dict:
+                meta: dict | None = None, progress: bool = True, dist: DistContext | None = None) -> dict:
     """Train HDNet on frozen-SAM tokens; keeps the lowest-validation-loss checkpoint at out, which
-    records the SAM (model type, image size, checkpoint sha256) from seg.cfg."""
+    records the SAM (model type, image size, checkpoint sha256) from seg.cfg.
+
+    dist: several processes (see training.dist): images_per_step is the global batch, seg runs
+    on dist.device, rank 0 writes the files."""
     from tqdm import tqdm
 
+    ctx = dist or DistContext()
+    progress = progress and ctx.is_main
     if not train or not val:
         raise TrainingError("training and validation sets must both be non-empty")
+    ctx.check_divisible(images_per_step, "--images-per-step")
     torch.manual_seed(seed)
     dev = seg.device
     model = HDNet.for_sam(seg.model).to(dev)  # token size = the SAM decoder's dim
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     record = sam_record(seg.cfg.model_type, seg.cfg.checkpoint, seg.encoder_size)
     cache = FeatureCache(cache_dir, sam_cache_key(seg, record))
+    step = ctx.wrap(model, _shard_loss) if ctx.enabled else None
     csv = CsvLog(log, ["epoch", "train_loss", "val_loss", "val_sam_only", "best", "seconds",
-                       "cache_hits", "cache_misses"]) if log else None
+                       "cache_hits", "cache_misses"]) if log and ctx.is_main else None
     best = math.inf
     history = []
     budget = Budget(max_minutes)
@@ -218,43 +270,63 @@ def train_hdnet(seg: SamSegmenter, train: list[Sample], val: list[Sample], out: 
         bar = tqdm(range(0, len(order), images_per_step), desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                    file=sys.stderr, disable=not progress)
         for s in bar:
-            bs = [hdnet_batch(seg, cache, train[i], num_prompts, num_bg, rng) for i in order[s:s + images_per_step]]
-            b = {k: torch.cat([x[k] for x in bs]) for k in bs[0]}
-            losses.append(train_step(model, opt, b))
+            if step is not None:
+                losses.append(shard_train_step(model, step, opt, seg, cache,
+                                               [train[i] for i in order[s:s + images_per_step]],
+                                               num_prompts, num_bg, rng, ctx))
+            else:
+                bs = [hdnet_batch(seg, cache, train[i], num_prompts, num_bg, rng)
+                      for i in order[s:s + images_per_step]]
+                b = {k: torch.cat([x[k] for x in bs]) for k in bs[0]}
+                losses.append(train_step(model, opt, b))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        vl, v_sam = evaluate_hdnet(model, seg, cache, val, num_prompts, num_bg, val_rng_seed)
+        vl, v_sam = evaluate_hdnet(model, seg, cache, val, num_prompts, num_bg, val_rng_seed, dist=ctx)
         improved = vl < best
         if improved:
             best = vl
+        if improved and ctx.is_main:
             save_hdnet(out, model, {**(meta or {}), "epoch": epoch + 1, "val_loss": vl, "val_sam_only": v_sam,
                                     "sam": seg.name, "num_prompts": num_prompts, "num_bg": num_bg}, sam=record)
+        hits, misses = ctx.sum([cache.hits, cache.misses])  # over all processes
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": vl, "val_sam_only": v_sam,
-               "best": int(improved), "seconds": time.time() - t0, "cache_hits": cache.hits,
-               "cache_misses": cache.misses}
+               "best": int(improved), "seconds": time.time() - t0, "cache_hits": hits,
+               "cache_misses": misses}
         history.append(row)
         if csv:
             csv.write(row)
         if progress:
             print(f"epoch {epoch + 1}: train {row['train_loss']:.5f} val {vl:.5f} (SAM IoU alone {v_sam:.5f})"
                   f"{' (best)' if improved else ''}", file=sys.stderr)
-        if budget.exhausted():
+        if ctx.any(budget.exhausted()):
             break
     return {"best_val_loss": best, "history": history, "checkpoint": str(out)}
 
 
 @torch.no_grad()
 def evaluate_hdnet(model: HDNet, seg: SamSegmenter, cache: FeatureCache, data: list[Sample], num_fg: int,
-                   num_bg: int, seed: int) -> tuple[float, float]:
-    """(MSE of the adapted IoU, MSE of SAM's own IoU) against eq. 6 targets, fixed prompts."""
+                   num_bg: int, seed: int, dist: DistContext | None = None) -> tuple[float, float]:
+    """(MSE of the adapted IoU, MSE of SAM's own IoU) against eq. 6 targets, fixed prompts.
+
+    With several processes each draws every image's prompts (one stream, as one process would),
+    decodes every N-th image, and the sums are all-reduced."""
     model.eval()
+    ctx = dist or DistContext()
     rng = np.random.default_rng(seed)
     se_a = se_s = n = 0.0
-    for s in data:
-        b = hdnet_batch(seg, cache, s, num_fg, num_bg, rng)
+    mine = set(ctx.strided(len(data)))
+    for i, s in enumerate(data):
+        if ctx.enabled:
+            drawn = sample_prompts(_check_label(s), num_fg, num_bg, rng)
+            if i not in mine:
+                continue
+            b = prompted_batch(seg, cache, s, *drawn)
+        else:
+            b = hdnet_batch(seg, cache, s, num_fg, num_bg, rng)
         adapted = model.adapted_iou(b["iou_pred"], b["t_iou"], b["t_mask"])
         se_a += float(((adapted - b["target"]) ** 2).sum())
         se_s += float(((b["iou_pred"] - b["target"]) ** 2).sum())
         n += b["target"].numel()
+    se_a, se_s, n = ctx.sum([se_a, se_s, n])
     return se_a / max(n, 1), se_s / max(n, 1)
 
 
@@ -317,10 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop after the epoch that passes this budget (0 = no limit)")
     a = p.parse_args(argv)
+    ctx: DistContext | None = None
+    ok = False
     try:
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         device = resolve_device(a.device)  # ConfigError (a ValueError): one line, status 2
+        ctx = init_distributed(device)  # under torchrun: cuda:LOCAL_RANK or the CPU, one process each
+        device = str(ctx.device)
         from uois_sam_ros.core.weights import CheckpointError
 
         torch.manual_seed(a.seed)  # random SAM weights (--allow-random-sam) follow the seed
@@ -329,18 +405,30 @@ def main(argv: list[str] | None = None) -> int:
                                          allow_random_weights=a.allow_random_sam, image_size=a.sam_image_size))
         except CheckpointError as e:
             raise TrainingError(str(e)) from None
+        ctx.check_divisible(a.images_per_step, "--images-per-step")
         train, val = _samples(a)
-        print(f"training HDNet on {len(train)} images, validating on {len(val)}", file=sys.stderr)
+        ctx.check_same("the training / validation image counts", (len(train), len(val)))
+        ctx.print(f"training HDNet on {len(train)} images, validating on {len(val)}")
+        meta = {"data": a.data or f"synthetic:{a.synthetic}"}
+        if ctx.enabled:
+            meta["world_size"] = ctx.world_size
         res = train_hdnet(seg, train, val, a.out, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay,
                           num_prompts=a.num_prompts, num_bg=a.num_bg, images_per_step=a.images_per_step,
                           cache_dir=a.cache_dir, seed=a.seed, log=a.log or Path(a.out).with_suffix(".csv"),
-                          max_minutes=a.max_minutes, meta={"data": a.data or f"synthetic:{a.synthetic}"})
-        m = load_hdnet(res["checkpoint"])
-        print(f"best validation MSE {res['best_val_loss']:.5f} (epoch {m.meta.get('epoch')}, SAM IoU alone "
-              f"{m.meta.get('val_sam_only', float('nan')):.5f}); checkpoint {res['checkpoint']}")
+                          max_minutes=a.max_minutes, meta=meta, dist=ctx)
+        if ctx.is_main:
+            m = load_hdnet(res["checkpoint"])
+            print(f"best validation MSE {res['best_val_loss']:.5f} (epoch {m.meta.get('epoch')}, SAM IoU alone "
+                  f"{m.meta.get('val_sam_only', float('nan')):.5f}); checkpoint {res['checkpoint']}")
+        ok = True
     except (TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"uois-sam-train-hdnet: error: {e}", file=sys.stderr)
+        line = error_line("uois-sam-train-hdnet", e, ctx)
+        if line:
+            print(line, file=sys.stderr)
         return 2
+    finally:
+        if ctx is not None:
+            ctx.close(ok)
     return 0
 
 

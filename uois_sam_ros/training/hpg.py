@@ -44,6 +44,7 @@ from uois_sam_ros.training.common import (
     pick_device,
     synthetic_arrays,
 )
+from uois_sam_ros.training.dist import DistContext, error_line, init_distributed
 
 DEFAULT_SIGMA = 6.0  # px at the training resolution; the paper leaves sigma open
 
@@ -82,11 +83,20 @@ def heatmap_targets(label_map: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.n
 
 def make_batch(data: ArraySet, idx: np.ndarray, sigma: float, device: torch.device,
                use_depth: bool = True) -> dict[str, torch.Tensor]:
-    """Network inputs normalised exactly as core.hpg.preprocess does, plus targets."""
+    """Network inputs normalised exactly as core.hpg.preprocess does, plus targets.
+
+    An empty idx (a process's share of a short last batch) gives zero-length tensors."""
+    h, w = data.rgb.shape[1:3]
+    if len(idx) == 0:
+        out = {"rgb": torch.zeros(0, 3, h, w, device=device), "fg": torch.zeros(0, h, w, dtype=torch.int64,
+                                                                                device=device),
+               "heatmap": torch.zeros(0, 1, h, w, device=device)}
+        if use_depth:
+            out["depth"] = torch.zeros(0, 1, h, w, device=device)
+        return out
     rgb = torch.from_numpy(data.rgb[idx]).float().permute(0, 3, 1, 2) / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    h, w = data.rgb.shape[1:3]
     out = {"rgb": ((rgb - mean) / std).to(device)}
     if use_depth:
         d = np.stack([normalise_depth(data.depth[i].astype(np.float32), (h, w)) for i in idx])
@@ -119,19 +129,56 @@ def train_step(model: HPGNet, opt: torch.optim.Optimizer, batch: dict[str, torch
     return parts
 
 
+def _shard_loss(model: HPGNet, b: dict[str, torch.Tensor], weights: torch.Tensor, ce_norm: float, numel: int,
+                world: int, ce_weight: float, hm_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This process's part of hpg_loss over a global batch: sums over its share divided by the
+    global batch's normalisers, times world (DDP's gradient average undoes it)."""
+    fg_logits, heat = model(b["rgb"], b.get("depth"))
+    ce = F.cross_entropy(fg_logits, b["fg"], weight=weights, reduction="sum") / ce_norm
+    mse = (heat - b["heatmap"]).pow(2).sum() / numel
+    return world * (ce_weight * ce + hm_weight * mse), ce.detach(), mse.detach()
+
+
+def shard_train_step(model: HPGNet, step: torch.nn.Module, opt: torch.optim.Optimizer, data: ArraySet,
+                     idx: np.ndarray, sigma: float, device: torch.device, ctx: DistContext,
+                     ce_weight: float = 0.1, hm_weight: float = 1.0) -> dict[str, float]:
+    """train_step on the global batch idx with this process taking ctx.shard of it.
+
+    The class weights and the CE normaliser come from the whole global batch's labels (every
+    process has them), so the step equals train_step(make_batch(data, idx)) on one process."""
+    counts = np.bincount((data.label[idx] > 0).ravel().astype(np.int64), minlength=2).astype(np.float64)
+    weights = counts.sum() / (2 * np.maximum(counts, 1))
+    ce_norm = float((counts * weights).sum())
+    numel = int(counts.sum())
+    b = make_batch(data, idx[ctx.shard(len(idx))], sigma, device, model.uses_depth)
+    model.train()
+    loss, ce, mse = step(b, torch.tensor(weights, dtype=torch.float32, device=device), ce_norm, numel,
+                         ctx.world_size, ce_weight, hm_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    ce_g, mse_g = ctx.sum([float(ce), float(mse)])
+    return {"ce": ce_g, "mse": mse_g, "loss": ce_weight * ce_g + hm_weight * mse_g}
+
+
 @torch.no_grad()
 def evaluate_loss(model: HPGNet, data: ArraySet, sigma: float, device: torch.device, batch_size: int = 16,
-                  ce_weight: float = 0.1, hm_weight: float = 1.0) -> float:
-    """Mean validation loss (per image batch, weighted by batch size)."""
+                  ce_weight: float = 0.1, hm_weight: float = 1.0, dist: DistContext | None = None) -> float:
+    """Mean validation loss (per image batch, weighted by batch size). With several processes
+    each scores every N-th batch and the sums are all-reduced: the same figure on every process."""
     model.eval()
+    ctx = dist or DistContext()
     tot, n = 0.0, 0
-    for s in range(0, len(data), batch_size):
+    starts = range(0, len(data), batch_size)
+    for bi in ctx.strided(len(starts)):
+        s = starts[bi]
         idx = np.arange(s, min(s + batch_size, len(data)))
         b = make_batch(data, idx, sigma, device, model.uses_depth)
         fg_logits, heat = model(b["rgb"], b.get("depth"))
         loss, _ = hpg_loss(fg_logits, heat, b["fg"], b["heatmap"], ce_weight, hm_weight)
         tot += float(loss) * len(idx)
         n += len(idx)
+    tot, n = ctx.sum([tot, n])
     return tot / max(n, 1)
 
 
@@ -221,14 +268,19 @@ def train_hpg(train: ArraySet, val: ArraySet, out: str | Path, *, backbone: str 
               step_size: int = 10, gamma: float = 0.1, ce_weight: float = 0.1, hm_weight: float = 1.0,
               sigma: float = DEFAULT_SIGMA, device: str = "cpu", seed: int = 0, resume: bool = False,
               log: str | Path | None = None, max_minutes: float = 0.0, meta: dict | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, dist: DistContext | None = None) -> dict:
     """Train, keep the lowest-validation-loss checkpoint at out, return a summary dict.
 
     dinov2_vits14: the backbone comes from backbone_checkpoint (or random weights when
     random_backbone), stays frozen, and is saved inside the checkpoint (about 88 MB).
+    dist: several processes (see training.dist): batch_size is the global batch, device is
+    dist.device, rank 0 writes the files.
     """
+    ctx = dist or DistContext()
+    progress = progress and ctx.is_main
     if len(train) == 0 or len(val) == 0:
         raise TrainingError("training and validation sets must both be non-empty")
+    ctx.check_divisible(batch_size, "--batch-size")
     h, w = train.rgb.shape[1:3]
     check_backbone_args(backbone, (h, w), backbone_checkpoint, random_backbone)
     from tqdm import tqdm
@@ -250,7 +302,9 @@ def train_hpg(train: ArraySet, val: ArraySet, out: str | Path, *, backbone: str 
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start, best = int(st["epoch"]) + 1, float(st["best"])
-    csv = CsvLog(log, ["epoch", "lr", "train_loss", "train_ce", "train_mse", "val_loss", "best", "seconds"]) if log else None
+    step = ctx.wrap(model, _shard_loss) if ctx.enabled else None
+    csv = CsvLog(log, ["epoch", "lr", "train_loss", "train_ce", "train_mse", "val_loss", "best", "seconds"]
+                 ) if log and ctx.is_main else None
     rng = np.random.default_rng(seed + start)
     budget = Budget(max_minutes)
     history = []
@@ -264,24 +318,29 @@ def train_hpg(train: ArraySet, val: ArraySet, out: str | Path, *, backbone: str 
                    disable=not progress)
         for bi in bar:
             idx = perm[bi * batch_size:(bi + 1) * batch_size]
-            parts = train_step(model, opt, make_batch(train, idx, sigma, dev, model.uses_depth), ce_weight, hm_weight)
+            if step is not None:
+                parts = shard_train_step(model, step, opt, train, idx, sigma, dev, ctx, ce_weight, hm_weight)
+            else:
+                parts = train_step(model, opt, make_batch(train, idx, sigma, dev, model.uses_depth), ce_weight,
+                                   hm_weight)
             for k in sums:
                 sums[k] += parts[k]
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
         lr_now = opt.param_groups[0]["lr"]
         sched.step()
-        vl = evaluate_loss(model, val, sigma, dev, ce_weight=ce_weight, hm_weight=hm_weight)
+        vl = evaluate_loss(model, val, sigma, dev, ce_weight=ce_weight, hm_weight=hm_weight, dist=ctx)
         improved = vl < best
         if improved:
             best = vl
-            save_hpg_checkpoint(out, model.cpu(), {
+        if improved and ctx.is_main:  # save_hpg_checkpoint copies the weights to the CPU itself
+            save_hpg_checkpoint(out, model, {
                 **(meta or {}), "epoch": epoch + 1, "val_loss": vl, "input_height": h, "input_width": w,
                 "backbone": backbone, "backbone_checkpoint": str(backbone_checkpoint or ""),
                 "random_backbone": bool(random_backbone),
                 "sigma": sigma, "train_images": len(train), "val_images": len(val)})
-            model.to(dev)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "best": best}, state_path)
+        if ctx.is_main:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "epoch": epoch, "best": best}, state_path)
         row = {"epoch": epoch + 1, "lr": lr_now, "train_loss": sums["loss"] / nb, "train_ce": sums["ce"] / nb,
                "train_mse": sums["mse"] / nb, "val_loss": vl, "best": int(improved), "seconds": time.time() - t0}
         history.append(row)
@@ -290,7 +349,7 @@ def train_hpg(train: ArraySet, val: ArraySet, out: str | Path, *, backbone: str 
         if progress:
             print(f"epoch {epoch + 1}: train {row['train_loss']:.5f} val {vl:.5f}{' (best)' if improved else ''}",
                   file=sys.stderr)
-        if budget.exhausted():
+        if ctx.any(budget.exhausted()):
             if progress:
                 print(f"time budget reached after epoch {epoch + 1}", file=sys.stderr)
             break
@@ -396,14 +455,22 @@ def evaluate_checkpoint(ckpt: str | Path, val: ArraySet, device: str = "cpu", se
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; under torchrun every process runs it with the same options (see training.dist)."""
     a = build_parser().parse_args(argv)
+    ctx: DistContext | None = None
+    ok = False
     try:
         a.device = str(pick_device(a.device))  # 'auto' -> the device torch is given
+        ctx = init_distributed(a.device)  # a plain run: one process, a.device unchanged
+        a.device = str(ctx.device)
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         dh, dw = DEFAULT_INPUT.get(a.backbone, (240, 320))
         size = (a.input_height or dh, a.input_width or dw)
         if a.evaluate:
+            if not ctx.is_main:  # scoring is one process's job
+                ok = True
+                return 0
             size = load_hpg_checkpoint(a.evaluate, backbone_checkpoint=a.backbone_checkpoint).input_size
             if a.val_data:
                 val = dataset_arrays(a.val_data, size)
@@ -414,29 +481,42 @@ def main(argv: list[str] | None = None) -> int:
             res = evaluate_checkpoint(a.evaluate, val, a.device, a.seed, a.backbone_checkpoint)
             for k, m in res.items():
                 print(f"{k:9s} " + " ".join(f"{n}={v:.4f}" for n, v in m.items()))
+            ok = True
             return 0
         if not a.out:
             raise TrainingError("--out is required for training")
         check_backbone_args(a.backbone, size, a.backbone_checkpoint, a.random_backbone)
-        train, val = _load_data(a, size)
-        print(f"training on {len(train)} images, validating on {len(val)}, input {size[0]}x{size[1]}",
-              file=sys.stderr)
+        ctx.check_divisible(a.batch_size, "--batch-size")
+        with ctx.rank0_first():  # rank 0 writes the --cache files, the others then read them
+            train, val = _load_data(a, size)
+        ctx.check_same("the training / validation image counts", (len(train), len(val)))
+        ctx.print(f"training on {len(train)} images, validating on {len(val)}, input {size[0]}x{size[1]}")
         meta = {"data": a.data or f"synthetic:{a.synthetic}@{a.synthetic_seed}", "data_fraction": a.data_fraction,
                 "lr": a.lr, "batch_size": a.batch_size, "width": a.width}
+        if ctx.enabled:
+            meta["world_size"] = ctx.world_size
         res = train_hpg(train, val, a.out, backbone=a.backbone, width=a.width, head_channels=a.head_channels,
                         backbone_checkpoint=a.backbone_checkpoint, random_backbone=a.random_backbone,
                         epochs=a.epochs,
                         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, step_size=a.step_size,
                         gamma=a.gamma, ce_weight=a.ce_weight, hm_weight=a.hm_weight, sigma=a.sigma,
                         device=a.device, seed=a.seed, resume=a.resume,
-                        log=a.log or Path(a.out).with_suffix(".csv"), max_minutes=a.max_minutes, meta=meta)
-        print(f"best validation loss {res['best_val_loss']:.5f}; checkpoint {res['checkpoint']}")
-        if a.eval:
+                        log=a.log or Path(a.out).with_suffix(".csv"), max_minutes=a.max_minutes, meta=meta,
+                        dist=ctx)
+        if ctx.is_main:
+            print(f"best validation loss {res['best_val_loss']:.5f}; checkpoint {res['checkpoint']}")
+        if a.eval and ctx.is_main:
             model = load_hpg_checkpoint(a.out)
             print({k: round(v, 4) for k, v in evaluate_hpg(model, val, device=a.device).items()})
+        ok = True
     except (TrainingError, FileNotFoundError, ValueError) as e:
-        print(f"uois-sam-train-hpg: error: {e}", file=sys.stderr)
+        line = error_line("uois-sam-train-hpg", e, ctx)
+        if line:
+            print(line, file=sys.stderr)
         return 2
+    finally:
+        if ctx is not None:
+            ctx.close(ok)
     return 0
 
 

@@ -62,6 +62,7 @@ from uois_sam_ros.training.common import (
     fraction_indices,
     pick_device,
 )
+from uois_sam_ros.training.dist import DistContext, error_line, init_distributed
 
 LOSS_UPSAMPLE = 2  # the loss grid is the low-res logits upsampled x2 (half the encoder input)
 FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 20.0, 1.0, 1.0  # SAM: focal:dice 20:1, IoU MSE x1
@@ -328,22 +329,49 @@ def mask_terms(logits: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, to
     return focal, dice, iou
 
 
-def image_loss(model: Sam, embedding: torch.Tensor, label_in: np.ndarray, rng: np.random.Generator,
-               s: Settings, device: torch.device) -> tuple[torch.Tensor | None, dict[str, float]]:
-    """The promptable-segmentation loss of one image (mean over its prompts and rounds)."""
-    img = int(model.image_encoder.img_size)
-    lowres = int(model.prompt_encoder.mask_input_size[0])
+@dataclass
+class PromptPlan:
+    """One training image's instances, loss-grid GT masks and first prompts: everything of its
+    loss that draws from the rng (the rounds after the first are deterministic)."""
+
+    ids: np.ndarray
+    gt: np.ndarray  # (K, gh, gw) bool
+    grid: tuple[int, int]
+    points: np.ndarray
+    boxes: np.ndarray
+
+
+def plan_prompts(label_in: np.ndarray, rng: np.random.Generator, s: Settings, img: int, lowres: int
+                 ) -> PromptPlan | None:
+    """The instances and first prompts of one image, or None when nothing in it can be prompted."""
     ids = pick_instances(label_in, s.prompts, s.min_area, rng)
     if len(ids) == 0:  # no object survives the crop/min_area: nothing to learn from this image
-        return None, {}
+        return None
     grid = loss_grid_hw(label_in.shape, img, lowres)
     gt_np = gt_masks(label_in, ids, grid)
     keep = gt_np.reshape(len(ids), -1).any(1)
     ids, gt_np = ids[keep], gt_np[keep]
     if len(ids) == 0:
-        return None, {}
-    gt = torch.from_numpy(gt_np).to(device)
+        return None
     pts0, boxes0 = first_prompts(label_in, ids, rng, s.box_prob, s.box_jitter)
+    return PromptPlan(ids, gt_np, grid, pts0, boxes0)
+
+
+def image_loss(model: Sam, embedding: torch.Tensor, label_in: np.ndarray, rng: np.random.Generator,
+               s: Settings, device: torch.device) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """The promptable-segmentation loss of one image (mean over its prompts and rounds)."""
+    plan = plan_prompts(label_in, rng, s, int(model.image_encoder.img_size),
+                        int(model.prompt_encoder.mask_input_size[0]))
+    if plan is None:
+        return None, {}
+    return plan_loss(model, embedding, plan, s, device)
+
+
+def plan_loss(model: Sam, embedding: torch.Tensor, plan: PromptPlan, s: Settings, device: torch.device
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """image_loss once the plan is drawn: the first prompts, then s.rounds corrective rounds."""
+    ids, gt_np, grid, pts0, boxes0 = plan.ids, plan.gt, plan.grid, plan.points, plan.boxes
+    gt = torch.from_numpy(gt_np).to(device)
     is_box = ~np.isnan(boxes0[:, 0])
     groups = [np.flatnonzero(~is_box), np.flatnonzero(is_box)]
     # clicks so far per prompt: the first point (point prompts) and the corrective ones
@@ -409,18 +437,20 @@ def image_loss(model: Sam, embedding: torch.Tensor, label_in: np.ndarray, rng: n
 
 
 @torch.no_grad()
-def evaluate(model: Sam, val: ImageSource, s: Settings, device: torch.device, progress: bool = False
-             ) -> dict[str, float]:
+def evaluate(model: Sam, val: ImageSource, s: Settings, device: torch.device, progress: bool = False,
+             dist: DistContext | None = None) -> dict[str, float]:
     """Single-point prompts on held-out images (fixed per image): mean loss, mIoU of the mask the IoU
-    head picks among the 3 multimask outputs, and of the best of the 3."""
+    head picks among the 3 multimask outputs, and of the best of the 3. With several processes each
+    scores every N-th image (the prompts depend only on the image) and the sums are all-reduced."""
     from tqdm import tqdm
 
+    ctx = dist or DistContext()
     model.eval()
     img = int(model.image_encoder.img_size)
     lowres = int(model.prompt_encoder.mask_input_size[0])
     loss_sum = iou_sum = oracle_sum = 0.0
     n = n_img = 0
-    for i in tqdm(range(len(val)), desc="validation", unit="img", file=sys.stderr, leave=False,
+    for i in tqdm(ctx.strided(len(val)), desc="validation", unit="img", file=sys.stderr, leave=False,
                   disable=not progress):
         rng = np.random.default_rng([s.seed, 7_919, int(val.index[i])])
         rgb, label = val[i]
@@ -447,10 +477,55 @@ def evaluate(model: Sam, val: ImageSource, s: Settings, device: torch.device, pr
         oracle_sum += float(iou.max(1).values.sum())
         n += len(ids)
         n_img += 1
+    loss_sum, iou_sum, oracle_sum, n, n_img = ctx.sum([loss_sum, iou_sum, oracle_sum, n, n_img])
     if n == 0:
         raise TrainingError("the validation images hold no instance large enough to prompt")
     return {"val_loss": loss_sum / n, "val_miou": iou_sum / n, "val_miou_oracle": oracle_sum / n,
             "val_prompts": float(n), "val_images": float(n_img)}
+
+
+def _shard_loss(model: Sam, images: list[np.ndarray], plans: list[PromptPlan], n_valid: int, s: Settings,
+                device: torch.device, world: int) -> tuple[torch.Tensor, list[float]]:
+    """This process's part of a step's loss: the sum of its images' losses / n_valid (the global
+    batch's images with a loss), times world (DDP's gradient average undoes it). No image here:
+    a zero loss on the patch embedding, which every step with a loss uses anyway, so this
+    process joins the gradient average without marking any unused parameter as used."""
+    if not plans:
+        anchor = model.image_encoder.patch_embed.proj.weight
+        return anchor.sum() * 0.0, [0.0, 0.0, 0.0, 0.0]
+    emb = encode(model, images, device)
+    total = torch.zeros((), device=device)
+    parts = [0.0, 0.0, 0.0]
+    for j, plan in enumerate(plans):
+        loss, p = plan_loss(model, emb[j:j + 1], plan, s, device)
+        total = total + loss
+        parts = [a + p[k] for a, k in zip(parts, ("focal", "dice", "iou_mse"))]
+    return total * (world / n_valid), [float(total.detach()) / n_valid, *(v / n_valid for v in parts)]
+
+
+def shard_train_step(model: Sam, step: torch.nn.Module, opt: torch.optim.Optimizer,
+                     batch: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, s: Settings,
+                     device: torch.device, ctx: DistContext) -> dict[str, float] | None:
+    """One optimiser step on a prepared global batch, this process encoding and decoding its
+    ctx.shard of it. Every process draws every image's plan from rng in order (the single-process
+    stream), so all know which images have a loss; None when none has (the step is skipped
+    everywhere, as one process would). Returns the global batch's mean loss and its terms."""
+    img = int(model.image_encoder.img_size)
+    lowres = int(model.prompt_encoder.mask_input_size[0])
+    plans = [plan_prompts(lab, rng, s, img, lowres) for _, lab in batch]
+    n_valid = sum(p is not None for p in plans)
+    if n_valid == 0:
+        return None
+    mine = [j for j in range(len(batch))[ctx.shard(len(batch))] if plans[j] is not None]
+    loss, parts = step([batch[j][0] for j in mine], [plans[j] for j in mine], n_valid, s, device,
+                       ctx.world_size)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if s.clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
+    opt.step()
+    total, focal, dice, iou_mse = ctx.sum(parts)
+    return {"loss": total, "focal": focal, "dice": dice, "iou_mse": iou_mse}
 
 
 def schedule_progress(step: int, s: Settings, seconds: float = 0.0, budget_s: float = 0.0) -> float:
@@ -520,28 +595,37 @@ def write_sidecar(out: Path, arch: dict, s: Settings, info: dict[str, Any]) -> P
 def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: str | Path, *,
               arch: dict | None = None, settings: Settings | None = None, device: str = "cpu",
               resume: bool = False, log: str | Path | None = None, max_minutes: float = 0.0,
-              meta: dict | None = None, progress: bool = True) -> dict:
+              meta: dict | None = None, progress: bool = True, dist: DistContext | None = None) -> dict:
     """Train vit_synth; the best validation checkpoint goes to out (+ out.json), the resume state to
     work_dir/last.pt every save_every steps. Returns a summary.
 
     max_minutes > 0 is a wall-clock budget for the whole run, resumed parts included: training
-    stops when it is spent and the cosine decay ends there if that comes before max_steps."""
+    stops when it is spent and the cosine decay ends there if that comes before max_steps.
+    dist: several processes (see training.dist): batch_size is the global batch, device is
+    dist.device, rank 0 writes the files; the clock of the budget is the slowest process's."""
     from tqdm import tqdm
 
+    ctx = dist or DistContext()
+    progress = progress and ctx.is_main
     s = settings or Settings()
     if len(train) == 0 or len(val) == 0:
         raise TrainingError("training and validation sets must both be non-empty")
     if s.batch_size < 1 or s.prompts < 1 or s.rounds < 0 or s.max_steps < 1:
         raise TrainingError("--batch-size, --prompts and --max-steps must be >= 1 and --rounds >= 0")
+    ctx.check_divisible(s.batch_size, "--batch-size")
     out, work = Path(out), Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "last.pt"
     log_path = Path(log) if log else work / "train_log.csv"
     dev = pick_device(device)
     meta = dict(meta or {})
+    if resume and not state_path.is_file():
+        ctx.raise_any(f"--resume: no training state at {state_path}")
+    elif not resume and state_path.is_file():
+        ctx.raise_any(f"{state_path} holds an earlier run: pass --resume to continue it, or choose another "
+                      "--work-dir")
+    ctx.raise_any(None)  # every process has passed these checks before rank 0 writes anything
     if resume:
-        if not state_path.is_file():
-            raise TrainingError(f"--resume: no training state at {state_path}")
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         if st.get("version") != STATE_VERSION:
             raise TrainingError(f"{state_path} is not a uois-sam-train-sam state (version {st.get('version')})")
@@ -551,10 +635,8 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
         saved.max_steps = max(saved.max_steps, s.max_steps)
         s = saved
     else:
-        if state_path.is_file():
-            raise TrainingError(f"{state_path} holds an earlier run: pass --resume to continue it, or choose "
-                                "another --work-dir")
         arch = check_synth_arch(dict(VIT_SYNTH_ARCH) if arch is None else arch)
+    ctx.check_divisible(s.batch_size, "--batch-size")  # a resumed run's batch comes from its state
     torch.manual_seed(s.seed)
     model = build_vit_synth(arch).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.999))
@@ -565,8 +647,10 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
         step, best, best_step = int(st["step"]), float(st["best"]), int(st["best_step"])
         prior_s = float(st.get("seconds", 0.0))
         untrained, history = st.get("untrained"), list(st.get("history", []))
-        _truncate_csv(log_path, step)
-    csv_log = CsvLog(log_path, CSV_FIELDS)
+        if ctx.is_main:
+            _truncate_csv(log_path, step)
+    csv_log = CsvLog(log_path, CSV_FIELDS) if ctx.is_main else None
+    step_fn = ctx.wrap(model, _shard_loss, find_unused=True) if ctx.enabled else None
     img_size = int(model.image_encoder.img_size)
     n = len(train)
     t_start = time.time()
@@ -575,7 +659,13 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
     def elapsed() -> float:
         return prior_s + time.time() - t_start
 
+    def clock() -> float:
+        """elapsed() for the budget's stop and learning-rate decisions: the same on every process."""
+        return ctx.max(elapsed()) if ctx.enabled and budget_s > 0 else elapsed()
+
     def save_state() -> None:
+        if not ctx.is_main:
+            return
         tmp = state_path.with_name(state_path.name + ".tmp")
         torch.save({"version": STATE_VERSION, "arch": arch, "settings": asdict(s), "step": step, "best": best,
                     "best_step": best_step, "untrained": untrained, "history": history, "seconds": elapsed(),
@@ -583,6 +673,8 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
         tmp.replace(state_path)
 
     def sidecar() -> None:
+        if not ctx.is_main:
+            return
         keys = ("val_loss", "val_miou", "val_miou_oracle")
         b = next(h for h in history if h["step"] == best_step)
         write_sidecar(out, arch, s, {
@@ -593,11 +685,12 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
 
     def validate(sums: dict, n_steps: int, seconds: float, imgs: int) -> dict:
         nonlocal best, best_step
-        v = evaluate(model, val, s, dev, progress)
+        v = evaluate(model, val, s, dev, progress, dist=ctx)
         history.append({"step": step, **v})
         improved = v["val_loss"] < best
         if improved:
             best, best_step = v["val_loss"], step
+        if improved and ctx.is_main:
             save_sam_synth(out, model, arch, {**meta, "step": step, **v,
                                               "untrained_val_loss": untrained["val_loss"],
                                               "untrained_val_miou": untrained["val_miou"]})
@@ -608,42 +701,53 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
                "img_per_s": imgs / seconds if seconds > 0 else ""}
         if n_steps:
             row.update({f"train_{k}": sums[k] / n_steps for k in ("loss", "focal", "dice", "iou_mse")})
-        csv_log.write(row)
+        if csv_log:
+            csv_log.write(row)
         if progress:
             print(f"step {step}: val loss {v['val_loss']:.4f} mIoU {v['val_miou']:.3f} (best of 3 "
                   f"{v['val_miou_oracle']:.3f}){' (best)' if improved else ''}", file=sys.stderr)
         return v
 
     if untrained is None:  # the untrained model on the same images and prompts, before any step
-        untrained = evaluate(model, val, s, dev, progress)
+        untrained = evaluate(model, val, s, dev, progress, dist=ctx)
         if progress:
             print(f"untrained: val loss {untrained['val_loss']:.4f} mIoU {untrained['val_miou']:.3f}", file=sys.stderr)
-        csv_log.write({"step": 0, "epoch": 0.0, "images": 0, "lr": 0.0, "val_loss": untrained["val_loss"],
-                       "val_miou": untrained["val_miou"], "val_miou_oracle": untrained["val_miou_oracle"],
-                       "best": 0, "seconds": 0.0})
+        if csv_log:
+            csv_log.write({"step": 0, "epoch": 0.0, "images": 0, "lr": 0.0, "val_loss": untrained["val_loss"],
+                           "val_miou": untrained["val_miou"], "val_miou_oracle": untrained["val_miou_oracle"],
+                           "best": 0, "seconds": 0.0})
         save_state()
     perm_cache: dict[int, np.ndarray] = {}
     sums = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "iou_mse": 0.0}
     n_steps, imgs, t_win = 0, 0, time.time()
     bar = tqdm(total=s.max_steps, initial=step, desc="train vit_synth", unit="step", file=sys.stderr,
                disable=not progress)
-    while step < s.max_steps and not (budget_s > 0 and elapsed() >= budget_s):
+    while step < s.max_steps and not (budget_s > 0 and clock() >= budget_s):
         model.train()
         rng = np.random.default_rng([s.seed, step])
+        # every process prepares the whole global batch: the augmentation draws from one stream
         batch = [prepare_image(*train[i], img_size, rng if s.augment else None)
                  for i in _image_indices(step, s.batch_size, n, s.seed, perm_cache)]
-        lr = lr_at(step, s, elapsed(), budget_s)
+        lr = lr_at(step, s, clock(), budget_s)
         for g in opt.param_groups:
             g["lr"] = lr
-        emb = encode(model, [b[0] for b in batch], dev)
-        losses, parts = [], []
-        for j, (_, lab) in enumerate(batch):
-            loss, p = image_loss(model, emb[j:j + 1], lab, rng, s, dev)
-            if loss is not None:
-                losses.append(loss)
-                parts.append(p)
-        if losses:
-            total = torch.stack(losses).mean()
+        if step_fn is not None:
+            done_step = shard_train_step(model, step_fn, opt, batch, rng, s, dev, ctx)
+            if done_step is not None:
+                for k in sums:
+                    sums[k] += done_step[k]
+                n_steps += 1
+            batch_losses = []
+        else:
+            emb = encode(model, [b[0] for b in batch], dev)
+            batch_losses, parts = [], []
+            for j, (_, lab) in enumerate(batch):
+                loss, p = image_loss(model, emb[j:j + 1], lab, rng, s, dev)
+                if loss is not None:
+                    batch_losses.append(loss)
+                    parts.append(p)
+        if batch_losses:
+            total = torch.stack(batch_losses).mean()
             opt.zero_grad(set_to_none=True)
             total.backward()
             if s.clip > 0:
@@ -658,7 +762,7 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
         el = time.time() - t_win
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss'] / max(n_steps, 1):.3f}", img_s=f"{imgs / max(el, 1e-9):.2f}", lr=f"{lr:.1e}")
-        out_of_time = budget_s > 0 and elapsed() >= budget_s
+        out_of_time = budget_s > 0 and clock() >= budget_s
         done = step >= s.max_steps or out_of_time
         if step % s.val_every == 0 or done:
             validate(sums, n_steps, el, imgs)
@@ -672,7 +776,7 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
                 print(f"time budget of {max_minutes:g} min reached after step {step}", file=sys.stderr)
             break
     bar.close()
-    if best_step >= 0 and out.is_file():
+    if best_step >= 0 and ctx.is_main and out.is_file():
         sidecar()  # the final step count and the whole validation history
     return {"best_val_loss": best, "best_step": best_step, "steps": step, "untrained": untrained,
             "history": history, "checkpoint": str(out), "seconds": time.time() - t_start}
@@ -761,9 +865,14 @@ def _load_sources(a: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; under torchrun every process runs it with the same options (see training.dist)."""
     a = build_parser().parse_args(argv)
+    ctx: DistContext | None = None
+    ok = False
     try:
         dev = str(pick_device(a.device))
+        ctx = init_distributed(dev)  # a plain run: one process, dev unchanged
+        dev = str(ctx.device)
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         arch = dict(VIT_SYNTH_ARCH)
@@ -779,7 +888,9 @@ def main(argv: list[str] | None = None) -> int:
             arch = check_synth_arch(arch, "--arch")
         except ValueError as e:
             raise TrainingError(str(e)) from None
+        ctx.check_divisible(a.batch_size, "--batch-size")
         train, val = _load_sources(a)
+        ctx.check_same("the training / validation image counts", (len(train), len(val)))
         s = Settings(prompts=a.prompts, rounds=a.rounds, box_prob=a.box_prob, box_jitter=a.box_jitter,
                      batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, warmup=a.warmup,
                      max_steps=a.max_steps, min_lr_ratio=a.min_lr_ratio, clip=a.clip, augment=not a.no_augment,
@@ -788,23 +899,32 @@ def main(argv: list[str] | None = None) -> int:
             s.max_steps = max(1, math.ceil(a.epochs * len(train) / max(a.batch_size, 1)))
         if min(s.val_every, s.save_every, s.val_prompts) < 1:
             raise TrainingError("--val-every, --save-every and --val-prompts must be >= 1")
-        print(f"training vit_synth on {len(train)} images, validating on {len(val)}; {s.max_steps} steps of "
-              f"{s.batch_size} images on {dev}", file=sys.stderr)
+        on = f"{ctx.world_size} processes ({ctx.device.type})" if ctx.enabled else dev
+        ctx.print(f"training vit_synth on {len(train)} images, validating on {len(val)}; {s.max_steps} steps of "
+                  f"{s.batch_size} images on {on}")
         meta = {"command": "uois-sam-train-sam " + shlex.join(sys.argv[1:] if argv is None else argv),
                 "data": a.data or f"synthetic:{a.synthetic}@{a.synthetic_seed}",
                 "val_data": a.val_data or (f"synthetic:{a.val_synthetic}@{a.val_seed}" if a.val_synthetic
                                            else f"{a.val_split} split"),
                 "data_fraction": a.data_fraction, "device": dev}
+        if ctx.enabled:
+            meta["world_size"] = ctx.world_size
         res = train_sam(train, val, a.out, a.work_dir, arch=arch, settings=s, device=dev, resume=a.resume,
-                        log=a.log, max_minutes=a.max_minutes, meta=meta, progress=not a.quiet)
+                        log=a.log, max_minutes=a.max_minutes, meta=meta, progress=not a.quiet, dist=ctx)
         u = res["untrained"]
         best = next((h for h in res["history"] if h["step"] == res["best_step"]), None)
-        if best:
+        if best and ctx.is_main:
             print(f"best validation loss {best['val_loss']:.4f} mIoU {best['val_miou']:.3f} at step {res['best_step']} "
                   f"(untrained: {u['val_loss']:.4f} / {u['val_miou']:.3f}); checkpoint {res['checkpoint']}")
+        ok = True
     except (TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"uois-sam-train-sam: error: {e}", file=sys.stderr)
+        line = error_line("uois-sam-train-sam", e, ctx)
+        if line:
+            print(line, file=sys.stderr)
         return 2
+    finally:
+        if ctx is not None:
+            ctx.close(ok)
     return 0
 
 

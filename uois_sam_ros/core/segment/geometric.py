@@ -1043,6 +1043,47 @@ class GeometricSegmenter:
             scores[i, 0] = seg.confidence(masks[i, 0], sl)
         return Decoded(masks=masks, iou_pred=scores.copy(), scores=scores)
 
+    def decode_clicks(self, points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+        """One object's mask from all of its clicks (interactive refinement; decode() takes one
+        prompt per object): the union of the regions under the positive clicks, minus every pixel
+        nearer to a negative click than to all positive ones, so that a negative click cuts its
+        side of the region off. Returns (mask (H, W) bool, confidence); with no positive click
+        on an object the mask is empty and the confidence 0.
+
+        points: (K, 2) x, y pixels; labels: (K,) 1 = positive, 0 = negative. ValueError names a
+        click outside the image or a label that is neither."""
+        if self._seg is None:
+            raise RuntimeError("GeometricSegmenter.set_frame() must be called before decode_clicks()")
+        seg = self._seg
+        h, w = seg.labels.shape
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        lab = np.asarray(labels).reshape(-1)
+        if len(lab) != len(pts):
+            raise ValueError(f"{len(pts)} click points but {len(lab)} labels")
+        for (x, y), lb in zip(pts, lab):
+            if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x < w - 0.5 and -0.5 <= y < h - 0.5):
+                raise ValueError(f"click ({x:g}, {y:g}) is outside the {w}x{h} image")
+            if lb not in (0, 1):
+                raise ValueError(f"click label must be 1 (positive) or 0 (negative), got {lb!r}")
+        pos, neg = pts[lab == 1], pts[lab == 0]
+        mask = np.zeros((h, w), bool)
+        for x, y in pos:
+            found = seg.region(x, y)
+            if found is not None:
+                mask |= found[0]
+        if len(neg) and mask.any():
+            ys, xs = np.nonzero(mask)
+
+            def nearest(p: np.ndarray) -> np.ndarray:
+                d = np.full(len(xs), np.inf)
+                for x, y in p:
+                    d = np.minimum(d, (xs - x) ** 2 + (ys - y) ** 2)
+                return d
+
+            cut = nearest(neg) < nearest(pos)
+            mask[ys[cut], xs[cut]] = False
+        return mask, (seg.confidence(mask) if mask.any() else 0.0)
+
 
 class GeometricPromptSource:
     """One foreground point per object region standing on the table."""

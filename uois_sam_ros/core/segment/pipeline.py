@@ -151,7 +151,9 @@ class UOISPipeline:
             raise ConfigError("pipeline.weights_free_prompts=hpg needs an HPG that runs without SAM, but "
                               "hpg.backbone=sam reads SAM's image embedding: choose hpg.backbone cnn_rgbd "
                               "(the shipped default), cnn_rgb or dinov2_vits14, or a SAM method")
-        config, self.model_note = with_shipped_models(config)
+        # models passed in are used as they are (tests, training loops); otherwise the shipped small
+        # SAM and its HDNet stand in for a missing sam.checkpoint
+        config, self.model_note = with_shipped_models(config) if sam_model is None else (config, None)
         if part == "prompts" and prompts_need_sam(config):
             raise ConfigError("hpg.backbone=sam computes prompts from SAM's image embedding: run HPG inside "
                               "the segmentation node (single_node: true) instead of a separate hpg node")
