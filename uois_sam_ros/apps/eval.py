@@ -153,7 +153,8 @@ def _methods(text: str) -> list[str]:
     return names
 
 
-def _intrinsics(args: argparse.Namespace) -> Intrinsics | None:
+def intrinsics_from_args(args: argparse.Namespace) -> Intrinsics | None:
+    """--intrinsics fx,fy,cx,cy or --camera camera.json (shared by the dataset CLIs)."""
     if args.intrinsics:
         try:
             return Intrinsics.from_string(args.intrinsics, 0, 0)
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
         return run_merge(args)
     if not args.dataset or not args.root:
         raise UserError("--dataset and --root are required (except with --merge)")
-    ds = open_dataset(args.dataset, args.root, args.annotations, intrinsics=_intrinsics(args),
+    ds = open_dataset(args.dataset, args.root, args.annotations, intrinsics=intrinsics_from_args(args),
                       sample_every=args.sample_every, limit=args.limit)
     if len(ds) == 0:
         raise UserError(f"{args.dataset} at {args.root}: no frames to evaluate")

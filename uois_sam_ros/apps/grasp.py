@@ -30,15 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from uois_sam_ros.apps.eval import UserError, intrinsics_from_args
 from uois_sam_ros.core.config import Config, ConfigError, dotted_overrides, load_config
-from uois_sam_ros.core.data.datasets import KINDS, DatasetError, open_dataset, read_camera_json
-from uois_sam_ros.core.types import FrameError, Intrinsics, Sample
+from uois_sam_ros.core.data.datasets import KINDS, DatasetError, open_dataset
+from uois_sam_ros.core.types import FrameError, Sample
 
 METHOD_CHOICES = ("auto", "uois_sam", "grid", "grid_fg", "heatmap", "heatmap_hdnet", "weights_free")
-
-
-class UserError(Exception):
-    """Reported as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,19 +76,6 @@ class Item:
     synthetic: object | None = None
 
 
-def _intrinsics(args: argparse.Namespace) -> Intrinsics | None:
-    if args.intrinsics:
-        try:
-            return Intrinsics.from_string(args.intrinsics, 0, 0)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    if args.camera:
-        if not Path(args.camera).is_file():
-            raise UserError(f"--camera file not found: {args.camera}")
-        return read_camera_json(Path(args.camera))[0]
-    return None
-
-
 def frames(args: argparse.Namespace) -> tuple[int, Iterator[Item]]:
     if args.synthetic is not None:
         if args.synthetic < 1:
@@ -108,7 +92,7 @@ def frames(args: argparse.Namespace) -> tuple[int, Iterator[Item]]:
         return n, gen()
     if not args.root:
         raise UserError("--dataset needs --root")
-    ds = open_dataset(args.dataset, args.root, args.annotations, intrinsics=_intrinsics(args),
+    ds = open_dataset(args.dataset, args.root, args.annotations, intrinsics=intrinsics_from_args(args),
                       sample_every=args.sample_every, limit=args.limit)
     if len(ds) == 0:
         raise UserError(f"{args.dataset} at {args.root}: no frames")

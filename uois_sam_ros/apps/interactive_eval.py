@@ -32,19 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
+from uois_sam_ros.apps.eval import UserError, intrinsics_from_args
 from uois_sam_ros.core.adapt.adaptation import PAPER_CONFIGS, adapt_config_from_spec, adapt_spec, adapts
 from uois_sam_ros.core.adapt.clicks import PAPER_PROTOCOLS, Protocol, failed, noc, noc_fr
 from uois_sam_ros.core.adapt.interactive import ObjectResult, object_ids, run_object
 from uois_sam_ros.core.config import AdaptConfig, ConfigError, dotted_overrides, load_config
-from uois_sam_ros.core.data.datasets import KINDS, DatasetError, open_dataset, read_camera_json
-from uois_sam_ros.core.types import Frame, FrameError, Intrinsics
+from uois_sam_ros.core.data.datasets import KINDS, DatasetError, open_dataset
+from uois_sam_ros.core.types import Frame, FrameError
 
 SYNTHETIC_KINDS = ("synthetic", "synthetic-shifted")
 DEFAULT_SYNTHETIC_SEED = 70_000_000  # far from the seeds the shipped models were trained and validated on
-
-
-class UserError(Exception):
-    """Reported as one line, exit status 2."""
 
 
 @dataclass
@@ -123,19 +120,6 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _intrinsics(args: argparse.Namespace) -> Intrinsics | None:
-    if args.intrinsics:
-        try:
-            return Intrinsics.from_string(args.intrinsics, 0, 0)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    if args.camera:
-        if not Path(args.camera).is_file():
-            raise UserError(f"--camera file not found: {args.camera}")
-        return read_camera_json(Path(args.camera))[0]
-    return None
-
-
 def iter_items(args: argparse.Namespace) -> tuple[int, Iterator[Item]]:
     """(number of images, the images) for the chosen dataset; UserError when it cannot be read."""
     if args.dataset in SYNTHETIC_KINDS:
@@ -159,7 +143,7 @@ def iter_items(args: argparse.Namespace) -> tuple[int, Iterator[Item]]:
         return n, gen()
     if not args.root:
         raise UserError(f"--dataset {args.dataset} needs --root")
-    ds = open_dataset(args.dataset, args.root, args.annotations, intrinsics=_intrinsics(args),
+    ds = open_dataset(args.dataset, args.root, args.annotations, intrinsics=intrinsics_from_args(args),
                       sample_every=args.sample_every, limit=args.limit)
     if len(ds) == 0:
         raise UserError(f"{args.dataset} at {args.root}: no frames to evaluate")
