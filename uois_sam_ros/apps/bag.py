@@ -307,11 +307,15 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
 
 
 def _spin(executor) -> None:
+    import rclpy
     from rclpy.executors import ExternalShutdownException
     try:
         executor.spin()
     except (ExternalShutdownException, KeyboardInterrupt):
         pass
+    except Exception:
+        if rclpy.ok():  # a context shut down mid-wait raises RCLError: that is a stop, not a bug
+            raise
 
 
 def _flat_overrides(pairs: list[str]) -> dict[str, object]:

@@ -518,6 +518,12 @@ def spin_node(factory: Callable[[], ManagedNode], argv: list[str] | None = None)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGTERM's handler can shut the context down between two waits; the executor then
+        # raises RCLError ("context is not valid") instead of ExternalShutdownException.
+        # That is still a requested stop; anything raised while the context is up is a bug.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node._closing = True
