@@ -20,6 +20,7 @@ Scenes are a pure function of (seed, SceneConfig).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1332,12 +1333,14 @@ def _bbox(mask: np.ndarray) -> list[float]:
 
 
 def write_uoais_dataset(out_dir: str | Path, num: int, seed: int = 0, cfg: SceneConfig | None = None,
-                        progress: bool = False) -> Path:
+                        progress: bool = False, generator: Callable[[int], SyntheticScene] | None = None) -> Path:
     """Write num scenes in the UOAIS-Sim COCO layout; returns the annotations json path.
 
     Layout: out_dir/color/NNNNNN.png, out_dir/depth/NNNNNN.png (uint16 mm),
     out_dir/annotations.json, out_dir/camera.json (intrinsics of the first image;
-    each image entry also carries its own). Scene i uses seed + i.
+    each image entry also carries its own). Scene i uses seed + i. generator(seed), when
+    given, renders the scenes instead of generate_scene(seed, cfg) (e.g. the held-out
+    pybullet renderer, bullet.generate_bullet_scene).
     """
     if num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
@@ -1351,8 +1354,10 @@ def write_uoais_dataset(out_dir: str | Path, num: int, seed: int = 0, cfg: Scene
         from tqdm import tqdm
         it = tqdm(it, desc="synthetic scenes", unit="scene")
     first_intr = None
+    renderer = None
     for i in it:
-        s = generate_scene(seed + i, cfg)
+        s = generator(seed + i) if generator is not None else generate_scene(seed + i, cfg)
+        renderer = renderer or s.meta.get("renderer", "uois_sam_ros open3d ray caster")
         name = f"{i:06d}.png"
         cv2.imwrite(str(out / "color" / name), cv2.cvtColor(s.rgb, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(out / "depth" / name), np.round(s.depth * 1000).clip(0, 65535).astype(np.uint16))
@@ -1372,7 +1377,8 @@ def write_uoais_dataset(out_dir: str | Path, num: int, seed: int = 0, cfg: Scene
                          "shape": s.shapes[k], "transparent": bool(s.meta["objects"][k]["transparent"])})
     ann_path = out / "annotations.json"
     ann_path.write_text(json.dumps({
-        "info": {"description": "uois_sam_ros synthetic tabletop scenes (UOAIS-Sim layout)", "seed": seed},
+        "info": {"description": "uois_sam_ros synthetic tabletop scenes (UOAIS-Sim layout)", "seed": seed,
+                 "renderer": renderer},
         "images": images, "annotations": anns,
         "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}))
     assert first_intr is not None
@@ -1393,13 +1399,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the first scene (scene i uses seed + i)")
     p.add_argument("--width", type=int, default=640, help="image width, px")
     p.add_argument("--height", type=int, default=480, help="image height, px")
-    p.add_argument("--min-objects", type=int, default=SceneConfig.min_objects, help="fewest objects per scene")
-    p.add_argument("--max-objects", type=int, default=SceneConfig.max_objects, help="most objects per scene")
+    p.add_argument("--min-objects", type=int, default=None,
+                   help=f"fewest objects per scene (default {SceneConfig.min_objects}; bullet: 3)")
+    p.add_argument("--max-objects", type=int, default=None,
+                   help=f"most objects per scene (default {SceneConfig.max_objects}; bullet: 10)")
+    p.add_argument("--renderer", choices=("raycast", "bullet"), default="raycast",
+                   help="raycast: this generator (training data); bullet: pybullet TinyRenderer scenes of "
+                        "pybullet_data objects (held-out test data)")
     a = p.parse_args(argv)
+    counts = {k: v for k, v in (("min_objects", a.min_objects), ("max_objects", a.max_objects)) if v is not None}
+    from uois_sam_ros.core.data import bullet  # needs pybullet only when it renders
+
     try:
-        cfg = SceneConfig(width=a.width, height=a.height, min_objects=a.min_objects, max_objects=a.max_objects)
-        path = write_uoais_dataset(a.out, a.num, a.seed, cfg, progress=True)
-    except (ValueError, OSError) as e:
+        cfg = SceneConfig(width=a.width, height=a.height, **counts)
+        gen = None
+        if a.renderer == "bullet":
+            bullet.require_pybullet()
+            bcfg = bullet.BulletSceneConfig(width=a.width, height=a.height, **counts)
+
+            def gen(s: int) -> SyntheticScene:
+                return bullet.generate_bullet_scene(s, bcfg)
+        path = write_uoais_dataset(a.out, a.num, a.seed, cfg, progress=True, generator=gen)
+    except (ValueError, OSError, bullet.PybulletMissing) as e:
         print(f"uois-sam-synth: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {a.num} scenes: {path}")
