@@ -2,6 +2,7 @@
 
   from-dataset  write a dataset (colour, aligned depth, camera_info, GT labels) to a bag
   eval          replay a bag into the graph, record /instances, match by stamp, score
+                (and instances/amodal against the bag's amodal GT, when both are there)
   record        record the live graph's topics to a bag (for your own scenes)
   info          list a bag's topics, counts and frames
 
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from uois_sam_ros.core.types import Intrinsics, Sample
 from uois_sam_ros.ros.bag import (
     COLOR_TOPIC,
     DEPTH_TOPIC,
+    GT_AMODAL_TOPIC,
     INFO_TOPIC,
     INSTANCES_TOPIC,
     STORAGES,
@@ -98,11 +100,18 @@ def cmd_from_dataset(a: argparse.Namespace) -> int:
     samples = dataset_samples(a.dataset, a.root, a.annotations, intrinsics=_intrinsics_arg(a),
                               sample_every=a.sample_every, limit=a.limit, num=a.num, seed=a.seed,
                               width=a.width or 640, height=a.height or 480)
-    n = write_samples(a.out, samples, storage=a.storage, fps=a.fps,
-                      topics=BagTopics(a.color_topic, a.depth_topic, a.info_topic, a.gt_topic),
+    topics = _topics(a)
+    n = write_samples(a.out, samples, storage=a.storage, fps=a.fps, topics=topics,
                       progress=_tqdm("writing bag", quiet=a.quiet), dataset=a.dataset)
     print(f"wrote {n} frames ({a.dataset}) to {a.out} [{a.storage}]")
+    n_amodal = bag_info(a.out).topics.get(topics.gt_amodal, ("", 0))[1]
+    if n_amodal:
+        print(f"amodal ground truth for {n_amodal} frames on {topics.gt_amodal}")
     return 0
+
+
+def _topics(a: argparse.Namespace) -> BagTopics:
+    return BagTopics(a.color_topic, a.depth_topic, a.info_topic, a.gt_topic, a.gt_amodal_topic)
 
 
 # ---------------------------------------------------------------- eval
@@ -120,6 +129,11 @@ class EvalResult:
     answered: int
     unanswered: int
     mode: str
+    # {mIoU_full, mIoU_occ, AP, AP50, AP75, AR, frames} over the frames with an amodal answer;
+    # None when not measured (no amodal GT in the bag, or no amodal answer from the graph)
+    amodal: dict[str, float] | None = None
+    amodal_table: str = ""
+    amodal_notes: list[str] = field(default_factory=list)  # why there is no amodal table, or its coverage
 
     def summary(self) -> str:
         lat = self.latency_ms
@@ -131,6 +145,9 @@ class EvalResult:
                      f"{self.unanswered} without answer ({self.mode})")
         if self.unanswered:
             lines.append("frames without an answer are left out of the metric table")
+        if self.amodal_table:
+            lines.append(self.amodal_table)
+        lines.extend(self.amodal_notes)
         return "\n".join(lines)
 
     def to_json(self, path: str | Path, extra: dict | None = None) -> None:
@@ -138,7 +155,7 @@ class EvalResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"mode": self.mode, "means": self.means, "latency_ms": self.latency_ms,
                "published": self.published, "answered": self.answered, "unanswered": self.unanswered,
-               "frames": self.rows, **(extra or {})}
+               "amodal": self.amodal, "frames": self.rows, **(extra or {})}
         path.write_text(json.dumps(doc, indent=2, default=_json_default))
 
 
@@ -156,11 +173,44 @@ def latency_stats(values_s: Sequence[float]) -> dict[str, float]:
             "max": float(v.max())}
 
 
-def score(frames: Sequence[BagFrame], results: Sequence[FrameResult], title: str, mode: str) -> EvalResult:
-    """Metrics over answered frames (the same accumulator uois-sam-eval uses) plus latency."""
+AMODAL_KEYS = ("mIoU_full", "mIoU_occ", "AP", "AP50", "AP75", "AR")
+
+
+def _add_amodal(acc, f: BagFrame, answer) -> dict[str, float]:
+    """One frame under uois-sam-eval --task amodal --visible predicted: the answer's amodal masks,
+    matched one to one to the GT by the answer's visible masks (IoU >= 0.5); a missed GT object
+    counts 0. Scores for AP are the instances' own scores (the completer's confidence is not sent)."""
+    from uois_sam_ros.core.amodal.stage import gt_visible
+    from uois_sam_ros.core.eval.amodal_metrics import match_by_visible
+    from uois_sam_ros.core.eval.metrics import resize_nearest
+    from uois_sam_ros.ros.convert import msg_to_instances
+
+    vis, am = gt_visible(Sample(None, None, None, f.label, f.name, amodal=f.amodal, amodal_ids=f.amodal_ids))
+    pred = msg_to_instances(answer)
+    masks = pred.masks
+    amodal = pred.amodal_masks if pred.amodal_masks is not None else masks
+    if masks.shape[1:] != f.label.shape:  # a graph that answers at another resolution
+        def resize(m: np.ndarray) -> np.ndarray:
+            return (np.stack([resize_nearest(x.astype(np.uint8), *f.label.shape) > 0 for x in m]) if len(m)
+                    else np.zeros((0, *f.label.shape), bool))
+        masks, amodal = resize(masks), resize(amodal)
+    return acc.add(f.name, am, vis, amodal, pred.scores, match_by_visible(masks, vis))
+
+
+def score(frames: Sequence[BagFrame], results: Sequence[FrameResult], title: str, mode: str,
+          amodal_stage: bool | None = None, amodal_title: str = "", amodal_topic: str = "instances/amodal",
+          amodal_note: str = "") -> EvalResult:
+    """Metrics over answered frames (the same accumulator uois-sam-eval uses) plus latency.
+
+    When the bag has amodal GT and amodal answers arrived, the amodal table too, over the
+    frames with both. amodal_stage: whether the graph publishes amodal_topic (None: infer
+    from the answers); it only words the line that says why there is no amodal table.
+    """
+    from uois_sam_ros.core.eval.amodal_metrics import AmodalAccumulator, format_amodal_table
     from uois_sam_ros.core.eval.metrics import MetricAccumulator
     from uois_sam_ros.ros.convert import msg_to_instances
     acc = MetricAccumulator()
+    amodal_acc = AmodalAccumulator()
     rows, lat = [], []
     for f, r in zip(frames, results, strict=True):
         row: dict = {"name": f.name, "stamp": f.stamp_ns / 1e9, "answered": r.answer is not None,
@@ -170,19 +220,47 @@ def score(frames: Sequence[BagFrame], results: Sequence[FrameResult], title: str
             m = acc.add(f.name, pred, f.label)
             row.update({k: float(v) for k, v in m.items()})
             lat.append(r.latency_s)
+        if f.amodal is not None:
+            row["amodal_answered"] = r.amodal_answer is not None
+            if r.amodal_answer is not None:
+                a = _add_amodal(amodal_acc, f, r.amodal_answer)
+                row.update({"amodal_IoU_full": a["IoU_full"], "amodal_IoU_occ": a["IoU_occ"]})
         rows.append(row)
     answered = sum(1 for r in results if r.answer is not None)
     published = sum(1 for r in results if r.published is not None)
-    return EvalResult(acc.format_table(title), acc.means(), rows, latency_stats(lat), published, answered,
-                      len(results) - answered, mode)
+    res = EvalResult(acc.format_table(title), acc.means(), rows, latency_stats(lat), published, answered,
+                     len(results) - answered, mode)
+    with_gt = sum(1 for f in frames if f.amodal is not None)
+    scored = len(amodal_acc.rows)
+    if amodal_stage is None:
+        amodal_stage = any(r.amodal_answer is not None for r in results)
+    if scored:
+        m = amodal_acc.means()
+        res.amodal = {**{k: float(m.get(k, math.nan)) for k in AMODAL_KEYS}, "frames": scored}
+        res.amodal_table = format_amodal_table(
+            {amodal_title or title: m}, f"amodal completion ({amodal_topic} vs the bag's amodal GT, "
+                                       "visible masks matched at IoU >= 0.5), x100")
+        res.amodal_notes.append(f"amodal: {scored} frames scored (with an {amodal_topic} answer), "
+                                f"of {with_gt} with amodal GT and {answered} answered")
+    elif with_gt and not amodal_stage:
+        res.amodal_notes.append(f"amodal: the bag has amodal GT ({with_gt} frames) but the graph has no amodal "
+                                f"stage (nothing publishes {amodal_topic}); no amodal table")
+    elif with_gt:
+        res.amodal_notes.append(f"amodal: the bag has amodal GT ({with_gt} frames) but no frame got an "
+                                f"{amodal_topic} answer; no amodal table")
+    if amodal_note and with_gt:
+        res.amodal_notes.append(f"amodal: {amodal_note}")
+    return res
 
 
 class Graph:
     """A running graph to replay into: the in-process bringup, or nothing (external)."""
 
-    def __init__(self, stop: Callable[[], None] | None = None, title: str = "external graph") -> None:
+    def __init__(self, stop: Callable[[], None] | None = None, title: str = "external graph",
+                 amodal_method: str = "") -> None:
         self._stop = stop
         self.title = title
+        self.amodal_method = amodal_method  # the amodal node's method ('' = none or unknown)
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -192,7 +270,7 @@ class Graph:
 
 # launch arguments of the bringup that make sense for replay (the camera is the bag)
 GRAPH_ARGS = ("params_file", "single_node", "method", "sam_checkpoint", "sam_model_type", "hpg_checkpoint",
-              "hdnet_checkpoint", "device")
+              "hdnet_checkpoint", "device", "amodal")
 
 
 def graph_specs(graph_args: dict[str, str] | None = None, overrides: dict[str, object] | None = None) -> list:
@@ -207,7 +285,7 @@ def graph_specs(graph_args: dict[str, str] | None = None, overrides: dict[str, o
         raise BagError(f"unknown graph argument(s) {bad}; valid: {list(GRAPH_ARGS)}")
     per_node: dict[str, dict] = {}
     for key, val in (overrides or {}).items():
-        takers = [n for n in ("hpg", "segmentation") if key in param_specs(n)]
+        takers = [n for n in ("hpg", "segmentation", "amodal") if key in param_specs(n)]
         if not takers:
             raise BagError(f"--set {key}: no node of the graph has a parameter {key!r}")
         for n in takers:
@@ -221,7 +299,7 @@ def graph_specs(graph_args: dict[str, str] | None = None, overrides: dict[str, o
 
 
 def start_bringup(graph_args: dict[str, str] | None = None, overrides: dict[str, object] | None = None) -> Graph:
-    """The hpg + segmentation nodes of uois-sam-bringup in this process, on their own executor."""
+    """The hpg + segmentation (+ amodal) nodes of uois-sam-bringup in this process, on their own executor."""
     from rclpy.executors import MultiThreadedExecutor
 
     from uois_sam_ros.apps.bringup import build_nodes
@@ -234,6 +312,14 @@ def start_bringup(graph_args: dict[str, str] | None = None, overrides: dict[str,
         title = resolve_method(params_to_config(seg.parameters))
     except ValueError:
         title = "uois-sam graph"
+    amodal_method = ""
+    am = next((s for s in specs if s.name == "amodal"), None)
+    if am is not None:
+        from uois_sam_ros.core.amodal.stage import resolve_amodal_method
+        try:
+            amodal_method = resolve_amodal_method(params_to_config(am.parameters).amodal)
+        except ValueError:
+            amodal_method = "amodal"
     nodes = build_nodes(specs)
     executor = MultiThreadedExecutor(num_threads=4)
     for n in nodes:
@@ -247,18 +333,20 @@ def start_bringup(graph_args: dict[str, str] | None = None, overrides: dict[str,
         for n in nodes:
             n.destroy_node()
 
-    return Graph(stop, title)
+    return Graph(stop, title, amodal_method)
 
 
 def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeout: float = 60.0,
              topics: BagTopics = BagTopics(), instances_topic: str = INSTANCES_TOPIC,
              graph: Callable[[], Graph] | None = None, connect_timeout: float = 30.0,
-             restamp: bool = True, quiet: bool = True) -> EvalResult:
+             restamp: bool = True, quiet: bool = True, amodal_topic: str | None = None) -> EvalResult:
     """Replay BAG into a graph and score its /instances against the bag's GT.
 
     graph: starts the graph and returns its handle (default: nothing is started, the
     graph is external). The bag is fully checked before anything starts. restamp: shift the
     stamps to the present, so a graph that has seen this bag before still answers it.
+    amodal_topic: the amodal node's output (default: <instances_topic>/amodal; '' = ignore it);
+    scored against the bag's amodal GT when the graph publishes it.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -279,7 +367,9 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
         executor.add_node(node)
         spin = threading.Thread(target=_spin, args=(executor,), daemon=True)
         spin.start()
-        player = BagPlayer(node, topics, instances_topic)
+        if amodal_topic is None:
+            amodal_topic = instances_topic.rstrip("/") + "/amodal"
+        player = BagPlayer(node, topics, instances_topic, amodal_topic=amodal_topic)
         player.wait_for_graph(connect_timeout)
         if restamp:
             player.restamp(frames)
@@ -303,7 +393,9 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
     # The same title as uois-sam-eval ("<dataset> <method>"), so the two tables read alike.
     dataset = bag_info(bag).dataset
     title = f"{dataset} {handle.title}" if dataset else handle.title
-    return score(frames, results, title, mode)
+    amodal_title = f"{title} + {handle.amodal_method}" if handle.amodal_method else title
+    return score(frames, results, title, mode, amodal_stage=player.has_amodal, amodal_title=amodal_title,
+                 amodal_topic=amodal_topic or "instances/amodal", amodal_note=player.amodal_note)
 
 
 def _spin(executor) -> None:
@@ -342,10 +434,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if not a.external:
         graph_specs(graph_args, overrides)  # argument errors before anything starts
     graph = None if a.external else (lambda: start_bringup(graph_args, overrides))
-    res = evaluate(a.bag, lockstep=a.rate is None, rate=a.rate or 1.0, timeout=a.timeout,
-                   topics=BagTopics(a.color_topic, a.depth_topic, a.info_topic, a.gt_topic),
+    res = evaluate(a.bag, lockstep=a.rate is None, rate=a.rate or 1.0, timeout=a.timeout, topics=_topics(a),
                    instances_topic=a.instances_topic, graph=graph, connect_timeout=a.connect_timeout,
-                   restamp=not a.keep_stamps, quiet=a.quiet)
+                   restamp=not a.keep_stamps, quiet=a.quiet, amodal_topic=a.amodal_topic)
     print(res.summary())
     if a.json:
         res.to_json(a.json, {"bag": str(a.bag)})
@@ -429,6 +520,9 @@ def _topic_args(p: argparse.ArgumentParser) -> None:
                    help=f"aligned depth topic, 16UC1 millimetres (default {DEPTH_TOPIC})")
     p.add_argument("--info-topic", default=INFO_TOPIC, help=f"camera_info topic (default {INFO_TOPIC})")
     p.add_argument("--gt-topic", default=BagTopics().gt, help="ground-truth label topic (mono16)")
+    p.add_argument("--gt-amodal-topic", default=GT_AMODAL_TOPIC,
+                   help=f"amodal ground-truth topic (InstanceArray; written when the dataset has amodal GT, "
+                        f"default {GT_AMODAL_TOPIC})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,11 +560,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameter override for every node that has it, e.g. pipeline.method=weights_free")
     e.add_argument("--single-node", dest="single_node", choices=("true", "false"),
                    help="HPG inside the segmentation node (default: as in the parameter file)")
+    e.add_argument("--amodal", choices=("true", "false"),
+                   help="run the amodal node (default true): scored against the bag's amodal GT when it has some")
     for name in ("method", "sam_checkpoint", "sam_model_type", "hpg_checkpoint", "hdnet_checkpoint", "device"):
         e.add_argument("--" + name.replace("_", "-"), dest=name, help=f"graph launch argument {name}")
     e.add_argument("--external", action="store_true", help="do not start a graph; replay into a running one")
     e.add_argument("--instances-topic", default=INSTANCES_TOPIC,
                    help=f"InstanceArray topic to score (default {INSTANCES_TOPIC})")
+    e.add_argument("--amodal-topic",
+                   help="amodal InstanceArray topic to score against the bag's amodal GT (default: "
+                        "<instances topic>/amodal; '' = do not look for it)")
     e.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for an answer (lockstep: per frame; rate: for the last frame)")
     e.add_argument("--keep-stamps", action="store_true",

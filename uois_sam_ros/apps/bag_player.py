@@ -20,6 +20,7 @@ from rosbags.rosbag2 import Writer
 from sensor_msgs.msg import CameraInfo, Image
 
 from uois_sam_ros.ros.bag import (
+    AMODAL_TOPIC,
     INSTANCES_TOPIC,
     STORAGES,
     BagError,
@@ -45,6 +46,8 @@ class FrameResult:
     published: float | None = None  # time.monotonic() when the colour image went out
     answered: float | None = None
     answer: object | None = None  # the InstanceArray (rclpy) with this frame's stamp
+    amodal_answered: float | None = None
+    amodal_answer: object | None = None  # the instances/amodal InstanceArray with this frame's stamp
 
     @property
     def latency_s(self) -> float | None:
@@ -58,10 +61,12 @@ class BagPlayer:
 
     Matching is by header stamp: every node carries the source colour stamp to its outputs.
     Publishers are reliable, which matches best-effort and reliable subscribers alike.
+    When the graph publishes `amodal_topic` (the amodal node runs), its answers are collected
+    the same way; amodal_topic '' or None never looks for it.
     """
 
     def __init__(self, node: Node, topics: BagTopics = BagTopics(), instances_topic: str = INSTANCES_TOPIC,
-                 output_type: type | None = None) -> None:
+                 output_type: type | None = None, amodal_topic: str | None = AMODAL_TOPIC) -> None:
         if output_type is None:
             from uois_sam_ros.msg import InstanceArray
             output_type = InstanceArray
@@ -76,19 +81,66 @@ class BagPlayer:
         self.offset_ns = 0  # added to every stamp on the wire (restamp)
         self._cond = threading.Condition()
         self._answers: dict[int, tuple[float, object]] = {}
+        self.amodal_topic = amodal_topic or None
+        self._amodal_sub = None
+        self._amodal: dict[int, tuple[float, object]] = {}
+        self.amodal_lockstep = True  # false after the warm-up frame got no amodal answer: collect only
+        self.amodal_note = ""
 
-    def _on_answer(self, msg) -> None:
+    @property
+    def has_amodal(self) -> bool:
+        """True once the graph was seen publishing amodal_topic (and we subscribe to it)."""
+        return self._amodal_sub is not None
+
+    def _on_answer(self, msg, answers: dict | None = None) -> None:
         now = time.monotonic()
         t = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec) - self.offset_ns
         with self._cond:
-            self._answers.setdefault(t, (now, msg))
+            (self._answers if answers is None else answers).setdefault(t, (now, msg))
             self._cond.notify_all()
 
-    def wait_for_graph(self, timeout: float = 20.0) -> None:
+    def _subscribe(self, topic: str, callback: Callable, deadline: float):
+        """A subscription to an output topic with its publishers' reliability, once connected."""
+        name = self.node.resolve_topic_name(topic)
+        pubs = self.node.get_publishers_info_by_topic(name)
+        reliable = bool(pubs) and all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in pubs)
+        sub = self.node.create_subscription(self.output_type, topic, callback, _qos(reliable, 10))
+        while sub.get_publisher_count() == 0:
+            if time.monotonic() > deadline:
+                self.node.destroy_subscription(sub)
+                raise BagError(f"could not subscribe to {name}: incompatible QoS?")
+            time.sleep(0.05)
+        return sub
+
+    def detect_amodal(self, grace: float = 0.0) -> bool:
+        """Subscribe to amodal_topic if the graph publishes it (waiting up to `grace` s for discovery).
+
+        Lockstep waits for amodal answers only when this found a publisher, so a graph without
+        the amodal node costs nothing.
+        """
+        if self._amodal_sub is not None or self.amodal_topic is None:
+            return self._amodal_sub is not None
+        name = self.node.resolve_topic_name(self.amodal_topic)
+        end = time.monotonic() + grace
+        while not self.node.get_publishers_info_by_topic(name):
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.05)
+        try:
+            self._amodal_sub = self._subscribe(self.amodal_topic, lambda m: self._on_answer(m, self._amodal),
+                                               time.monotonic() + max(grace, 5.0))
+        except BagError as e:  # the segmentation figures need not suffer from it
+            self.amodal_note = str(e)
+            self.amodal_topic = None
+            return False
+        return True
+
+    def wait_for_graph(self, timeout: float = 20.0, amodal_grace: float = 1.0) -> None:
         """Wait until the graph subscribes to our inputs and publishes the output topic.
 
         The output subscription copies the publisher's reliability, so a best-effort and a
-        reliable /instances both connect.
+        reliable /instances both connect. Then the amodal topic is looked for (detect_amodal):
+        its publisher may be discovered a little after /instances, hence amodal_grace.
         """
         deadline = time.monotonic() + timeout
         out_name = self.node.resolve_topic_name(self.instances_topic)
@@ -105,13 +157,8 @@ class BagPlayer:
                                f"{', '.join(missing)} (is the graph running, with these topic names?)")
             time.sleep(0.05)
         if self._sub is None:
-            reliable = all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in pubs)
-            self._sub = self.node.create_subscription(self.output_type, self.instances_topic,
-                                                      self._on_answer, _qos(reliable, 10))
-            while self._sub.get_publisher_count() == 0:
-                if time.monotonic() > deadline:
-                    raise BagError(f"could not subscribe to {out_name}: incompatible QoS?")
-                time.sleep(0.05)
+            self._sub = self._subscribe(self.instances_topic, self._on_answer, deadline)
+        self.detect_amodal(max(0.0, min(amodal_grace, deadline - time.monotonic())))
 
     def restamp(self, frames: Sequence[BagFrame], now_ns: int | None = None) -> None:
         """Shift all stamps so the bag starts 1 s after now (the warm-up frame goes at now).
@@ -133,16 +180,42 @@ class BagPlayer:
         """
         t = frame.stamp_ns + self.offset_ns - 1_000_000_000
         msgs = [with_stamp(raw, t) for raw in (frame.info, frame.depth, frame.color)]
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        while True:
+
+        def send() -> None:
             for pub, m in zip((self._pub_info, self._pub_depth, self._pub_color), msgs, strict=True):
                 pub.publish(m)
-            if self._wait(t - self.offset_ns, min(deadline, time.monotonic() + 2.0)):
-                return time.monotonic() - t0
-            if time.monotonic() >= deadline:
-                raise BagError(f"the graph did not answer a warm-up frame on {self.instances_topic} within "
-                               f"{timeout:.0f} s (is it the right graph? check its log)")
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        send()
+        if not self._await(t - self.offset_ns, send, deadline, 2.0, self._answers):
+            raise BagError(f"the graph did not answer a warm-up frame on {self.instances_topic} within "
+                           f"{timeout:.0f} s (is it the right graph? check its log)")
+        took = time.monotonic() - t0
+        # The amodal node loads lazily too, so its first answer is awaited here as well. Its
+        # publisher may only now be discovered; then its answer to this stamp may have gone out
+        # before we subscribed (nodes never answer a stamp twice), so a fresh stamp goes out.
+        had = self.has_amodal
+        if not self.detect_amodal():
+            return took
+        if not had:
+            t += 1_000_000
+            msgs = [with_stamp(raw, t) for raw in (frame.info, frame.depth, frame.color)]
+            send()
+        if not self._await(t - self.offset_ns, send, deadline, 2.0, self._amodal):
+            self.amodal_lockstep = False
+            self.amodal_note = (f"the graph did not answer the warm-up frame on {self.amodal_topic} within "
+                                f"{timeout:.0f} s; its answers were collected, not waited for")
+        return took
+
+    def _await(self, stamp_ns: int, send: Callable[[], object], end: float, every: float,
+               answers: dict[int, tuple[float, object]]) -> bool:
+        """Wait for an answer until `end`, sending the frame again every `every` s without one
+        (camera topics are best effort); a node that already processed it ignores the copy."""
+        while not self._wait(stamp_ns, min(end, time.monotonic() + every), answers):
+            if time.monotonic() >= end:
+                return False
+            send()
+        return True
 
     def _publish(self, frame: BagFrame) -> float:
         def wire(raw: bytes) -> bytes:
@@ -153,9 +226,10 @@ class BagPlayer:
         self._pub_color.publish(wire(frame.color))
         return now
 
-    def _wait(self, stamp_ns: int, until: float) -> bool:
+    def _wait(self, stamp_ns: int, until: float, answers: dict[int, tuple[float, object]] | None = None) -> bool:
+        answers = self._answers if answers is None else answers
         with self._cond:
-            while stamp_ns not in self._answers:
+            while stamp_ns not in answers:
                 left = until - time.monotonic()
                 if left <= 0:
                     return False
@@ -164,12 +238,14 @@ class BagPlayer:
 
     def _results(self, frames: Sequence[BagFrame], published: dict[int, float]) -> list[FrameResult]:
         with self._cond:
-            answers = dict(self._answers)
+            answers, amodal = dict(self._answers), dict(self._amodal)
         out = []
         for f in frames:
             r = FrameResult(f.stamp_ns, f.name, published.get(f.stamp_ns))
             if f.stamp_ns in answers and r.published is not None:
                 r.answered, r.answer = answers[f.stamp_ns]
+            if f.stamp_ns in amodal and r.published is not None:
+                r.amodal_answered, r.amodal_answer = amodal[f.stamp_ns]
             out.append(r)
         return out
 
@@ -179,20 +255,20 @@ class BagPlayer:
 
         Camera topics are best effort, so a frame lost in transport is sent again (same
         stamp, same bytes) after max(resend, 3 x the slowest answer so far) without an
-        answer; latency still counts from the first send.
+        answer; latency still counts from the first send. When the graph has the amodal
+        node, the frame's instances/amodal answer is awaited too (same deadline), so the
+        amodal figures do not depend on timing either.
         """
         published: dict[int, float] = {}
-        slowest = 0.0
+        slowest = slowest_amodal = 0.0
         for f in (progress(frames) if progress else frames):
             first = published[f.stamp_ns] = self._publish(f)
             end = first + timeout
-            while not self._wait(f.stamp_ns, min(end, time.monotonic() + max(resend, 3 * slowest))):
-                if time.monotonic() >= end:
-                    break
-                self._publish(f)
-            with self._cond:
-                if f.stamp_ns in self._answers:
-                    slowest = max(slowest, self._answers[f.stamp_ns][0] - first)
+            if self._await(f.stamp_ns, lambda f=f: self._publish(f), end, max(resend, 3 * slowest), self._answers):
+                slowest = max(slowest, self._answers[f.stamp_ns][0] - first)
+                if self.has_amodal and self.amodal_lockstep and self._await(
+                        f.stamp_ns, lambda f=f: self._publish(f), end, max(resend, 3 * slowest_amodal), self._amodal):
+                    slowest_amodal = max(slowest_amodal, self._amodal[f.stamp_ns][0] - first)
         return self._results(frames, published)
 
     def play_rate(self, frames: Sequence[BagFrame], rate: float = 1.0, timeout: float = 30.0,
@@ -201,6 +277,7 @@ class BagPlayer:
 
         Afterwards it waits for the last frame's answer (at most `timeout` s); frames the
         graph dropped meanwhile are reported as unanswered, never waited for one by one.
+        Amodal answers are collected as they arrive (the last frame's within the same wait).
         """
         if not rate > 0 or not math.isfinite(rate):
             raise BagError(f"--rate must be a positive number, got {rate}")
@@ -214,7 +291,9 @@ class BagPlayer:
                 time.sleep(delay)
             published[f.stamp_ns] = self._publish(f)
         if frames:
-            self._wait(frames[-1].stamp_ns, time.monotonic() + timeout)
+            end = time.monotonic() + timeout
+            if self._wait(frames[-1].stamp_ns, end) and self.has_amodal:
+                self._wait(frames[-1].stamp_ns, end, self._amodal)
             time.sleep(0.05)  # answers already in flight for earlier frames
         return self._results(frames, published)
 

@@ -10,6 +10,7 @@ recording writes the raw CDR an rclpy subscription receives, so nothing is re-en
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import struct
@@ -32,11 +33,14 @@ COLOR_TOPIC = "/camera/color/image_raw"
 DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
 INFO_TOPIC = "/camera/color/camera_info"
 GT_TOPIC = "/ground_truth/label"
+GT_AMODAL_TOPIC = "/ground_truth/amodal"
 INSTANCES_TOPIC = "/instances"
+AMODAL_TOPIC = "/instances/amodal"  # the amodal node's output (nodes/amodal.py), relative to its namespace
 FRAMES_KEY = "uois_sam_ros.frames"  # custom_data: JSON [[stamp_ns, name], ...]
 DATASET_KEY = "uois_sam_ros.dataset"  # custom_data: the dataset kind the bag was made from
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+INSTANCE_ARRAY = "uois_sam_ros/msg/InstanceArray"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 
 
@@ -52,6 +56,7 @@ class BagTopics:
     depth: str = DEPTH_TOPIC
     info: str = INFO_TOPIC
     gt: str = GT_TOPIC
+    gt_amodal: str = GT_AMODAL_TOPIC  # InstanceArray of GT amodal masks; optional in a bag
 
 
 # ---------------------------------------------------------------- typestore
@@ -89,13 +94,62 @@ def _header(stamp_ns: int, frame_id: str):
                                      frame_id=frame_id)
 
 
-def image_cdr(array_: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> bytes:
-    """CDR bytes of a sensor_msgs/Image holding `array_`."""
+def _image_msg(array_: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
+    """A rosbags sensor_msgs/Image holding `array_` (also nested in our InstanceArray)."""
     data, step = encode_pixels(array_, encoding)
-    msg = typestore().types[IMAGE](
+    return typestore().types[IMAGE](
         header=_header(stamp_ns, frame_id), height=int(array_.shape[0]), width=int(array_.shape[1]),
         encoding=encoding, is_bigendian=0, step=int(step), data=np.frombuffer(data, np.uint8))
-    return bytes(typestore().serialize_cdr(msg, IMAGE))
+
+
+def image_cdr(array_: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> bytes:
+    """CDR bytes of a sensor_msgs/Image holding `array_`."""
+    return bytes(typestore().serialize_cdr(_image_msg(array_, encoding, stamp_ns, frame_id), IMAGE))
+
+
+def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """x0, y0, x1, y1 (exclusive) of a mask; all zero when empty (as ros/convert.py crops)."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    if not len(ys):
+        return 0, 0, 0, 0
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+
+
+def _crop(mask: np.ndarray, stamp_ns: int, frame_id: str):
+    """(RegionOfInterest, mono8 Image) of a mask's tight box, 255 = object, like instances_to_msg."""
+    x0, y0, x1, y1 = _tight_box(mask)
+    roi = typestore().types["sensor_msgs/msg/RegionOfInterest"](
+        x_offset=x0, y_offset=y0, height=y1 - y0, width=x1 - x0, do_rectify=False)
+    crop = np.where(mask[y0:y1, x0:x1], np.uint8(255), np.uint8(0)).astype(np.uint8)
+    return roi, _image_msg(crop, "mono8", stamp_ns, frame_id)
+
+
+def amodal_gt_cdr(label: np.ndarray, amodal: np.ndarray, ids: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
+    """CDR bytes of an InstanceArray holding a frame's amodal GT, in the shape the amodal node publishes.
+
+    One Instance per GT object: id = its visible label id, mask/roi = its visible mask (label == id),
+    amodal_mask/amodal_roi = its amodal mask, score 1; label_map = the GT label. Using the graph's own
+    message type lets `ros2 bag play` show the GT next to instances/amodal in the same tools.
+    """
+    ts = typestore().types
+    lab = np.asarray(label)
+    h, w = lab.shape
+    items = []
+    for k, i in enumerate(np.asarray(ids).reshape(-1)):
+        vis = lab == i
+        am = np.asarray(amodal[k], bool)
+        roi, mask = _crop(vis, stamp_ns, frame_id)
+        a_roi, a_mask = _crop(am, stamp_ns, frame_id)
+        area, a_area = int(vis.sum()), int(am.sum())
+        rate = float(np.clip(1.0 - area / a_area, 0.0, 1.0)) if a_area else math.nan
+        items.append(ts[f"{PACKAGE}/msg/Instance"](
+            id=int(i), score=1.0, sam_iou=math.nan, prompt_x=math.nan, prompt_y=math.nan, area=area,
+            roi=roi, mask=mask, has_amodal=True, amodal_roi=a_roi, amodal_mask=a_mask,
+            occlusion_rate=float(np.float32(rate))))
+    msg = ts[INSTANCE_ARRAY](header=_header(stamp_ns, frame_id), height=int(h), width=int(w), instances=items,
+                             label_map=_image_msg(lab.astype(np.uint16), "mono16", stamp_ns, frame_id))
+    return bytes(typestore().serialize_cdr(msg, INSTANCE_ARRAY))
 
 
 def camera_info_cdr(sample: Sample, stamp_ns: int, frame_id: str) -> bytes:
@@ -149,12 +203,32 @@ def _label_u16(label: np.ndarray, name: str) -> np.ndarray:
     return lab.astype(np.uint16)
 
 
+def _amodal_gt(s: Sample, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(amodal (N, H, W) bool, ids (N,)) of a sample, checked, or None when it has no amodal GT."""
+    if s.amodal is None and s.amodal_ids is None:
+        return None
+    if s.amodal is None or s.amodal_ids is None:
+        raise BagError(f"{s.name}: sample has amodal masks without amodal_ids or the reverse; need both")
+    am = np.asarray(s.amodal).astype(bool, copy=False)
+    ids = np.asarray(s.amodal_ids).reshape(-1)
+    if am.ndim != 3 or am.shape[1:] != shape:
+        raise BagError(f"{s.name}: amodal masks must be (N, {shape[0]}, {shape[1]}) like the colour image, "
+                       f"got {am.shape}")
+    if len(ids) != len(am):
+        raise BagError(f"{s.name}: {len(am)} amodal masks but {len(ids)} amodal_ids")
+    if len(ids) and (ids.min() < 1 or ids.max() > 65535 or len(set(ids.tolist())) != len(ids)):
+        raise BagError(f"{s.name}: amodal_ids must be distinct label ids in 1..65535, got {ids.tolist()}")
+    return am, ids
+
+
 def write_samples(path: str | Path, samples: Iterable[Sample], *, storage: str = "mcap",
                   fps: float = 10.0, start_ns: int = 1_700_000_000 * 1_000_000_000,
                   frame_id: str = "camera_color_optical_frame", topics: BagTopics = BagTopics(),
                   progress: Callable[[Iterable], Iterable] | None = None, dataset: str = "") -> int:
     """Write samples as colour + aligned depth + camera_info + GT label, all with one stamp per frame.
 
+    Samples with amodal GT (Sample.amodal / amodal_ids) also get an InstanceArray on
+    topics.gt_amodal under the same stamp (amodal_gt_cdr); samples without write nothing there.
     Stamps are start_ns + i / fps, so a bag is reproducible and the bag time runs at fps.
     Returns the number of frames written; the partial bag is removed on error.
     """
@@ -195,7 +269,13 @@ def write_samples(path: str | Path, samples: Iterable[Sample], *, storage: str =
             writer.write(conns["info"], t, camera_info_cdr(s, t, frame_id))
             writer.write(conns["depth"], t, image_cdr(_depth_mm(s.depth, s.name), "16UC1", t, frame_id))
             writer.write(conns["color"], t, image_cdr(rgb, "rgb8", t, frame_id))
-            writer.write(conns["gt"], t, image_cdr(_label_u16(s.label, s.name), "mono16", t, frame_id))
+            label = _label_u16(s.label, s.name)
+            writer.write(conns["gt"], t, image_cdr(label, "mono16", t, frame_id))
+            amodal = _amodal_gt(s, rgb.shape[:2])
+            if amodal is not None:
+                if "gt_amodal" not in conns:  # only bags made from sets with amodal GT have the topic
+                    conns["gt_amodal"] = writer.add_connection(topics.gt_amodal, INSTANCE_ARRAY, typestore=store)
+                writer.write(conns["gt_amodal"], t, amodal_gt_cdr(label, amodal[0], amodal[1], t, frame_id))
             names.append([t, s.name])
         if not names:
             raise BagError("the dataset yielded no frames; nothing to write")
@@ -326,6 +406,8 @@ class BagFrame:
     depth: bytes
     info: bytes
     label: np.ndarray | None
+    amodal: np.ndarray | None = None  # (N, H, W) bool GT amodal masks; None when the bag has none for it
+    amodal_ids: np.ndarray | None = None  # (N,) the visible label id of each amodal mask
 
 
 def _require(info: BagInfo, topic: str, msgtype: str, what: str) -> None:
@@ -345,7 +427,11 @@ def read_frames(path: str | Path, topics: BagTopics = BagTopics(), need_gt: bool
     _require(info, topics.info, CAMERA_INFO, "camera_info")
     if need_gt:
         _require(info, topics.gt, IMAGE, "ground-truth label")
-    wanted = [topics.color, topics.depth, topics.info] + ([topics.gt] if need_gt else [])
+    has_amodal = need_gt and topics.gt_amodal in info.topics
+    if has_amodal:
+        _require(info, topics.gt_amodal, INSTANCE_ARRAY, "amodal ground-truth")
+    wanted = ([topics.color, topics.depth, topics.info] + ([topics.gt] if need_gt else [])
+              + ([topics.gt_amodal] if has_amodal else []))
     msgs = read_messages(path, wanted)
     color = msgs[topics.color]
     depth = msgs[topics.depth]
@@ -375,11 +461,55 @@ def read_frames(path: str | Path, topics: BagTopics = BagTopics(), need_gt: bool
         if missing:
             raise BagError(f"bag {path}: {len(missing)} colour frames have no ground-truth label "
                            f"(first: {_sec(missing[0])} s)")
+    amodal: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if has_amodal:
+        a_by = _by_stamp(msgs[topics.gt_amodal], INSTANCE_ARRAY, topics.gt_amodal, path)
+        bad = sorted(set(a_by) - set(c_by))
+        if bad:
+            raise BagError(f"bag {path}: {len(bad)} amodal ground-truth stamps on {topics.gt_amodal} match no "
+                           f"colour stamp (first: {_sec(bad[0])} s); GT must carry its colour frame's stamp")
+        amodal = {t: _amodal_from_cdr(raw, labels[t].shape, f"bag {path}: {topics.gt_amodal} at {_sec(t)} s")
+                  for t, raw in a_by.items()}
     frames = []
     for t in sorted(c_by):
         cam = next((raw for ts, raw in reversed(infos) if ts <= t), infos[0][1])
-        frames.append(BagFrame(t, info.frame_names.get(t, _sec(t)), c_by[t], d_by[t], cam, labels.get(t)))
+        am, ids = amodal.get(t, (None, None))
+        frames.append(BagFrame(t, info.frame_names.get(t, _sec(t)), c_by[t], d_by[t], cam, labels.get(t), am, ids))
     return frames
+
+
+def _mask_from(roi, img, height: int, width: int, what: str) -> np.ndarray:
+    """Full-size bool mask from an roi crop (mono8); BagError names the instance field."""
+    try:
+        crop = decode_pixels(np.asarray(img.data), int(img.height), int(img.width), img.encoding, int(img.step),
+                             bool(img.is_bigendian))
+    except Exception as e:
+        raise BagError(f"{what}: {e}") from None
+    if img.encoding != "mono8" or crop.shape != (roi.height, roi.width):
+        raise BagError(f"{what}: mask is {img.encoding} {crop.shape[1]}x{crop.shape[0]}, expected mono8 "
+                       f"{roi.width}x{roi.height} (its roi)")
+    if roi.x_offset + roi.width > width or roi.y_offset + roi.height > height:
+        raise BagError(f"{what}: roi x={roi.x_offset} y={roi.y_offset} {roi.width}x{roi.height} extends past "
+                       f"the {width}x{height} image")
+    out = np.zeros((height, width), bool)
+    out[roi.y_offset:roi.y_offset + roi.height, roi.x_offset:roi.x_offset + roi.width] = crop != 0
+    return out
+
+
+def _amodal_from_cdr(cdr: bytes, shape: tuple[int, int], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(amodal (N, H, W) bool, ids (N,)) of one amodal GT InstanceArray (amodal_gt_cdr's inverse)."""
+    msg = typestore().deserialize_cdr(cdr, INSTANCE_ARRAY)
+    h, w = int(msg.height), int(msg.width)
+    if (h, w) != tuple(shape):
+        raise BagError(f"{where}: amodal GT is {w}x{h}, the ground-truth label {shape[1]}x{shape[0]}")
+    masks, ids = [], []
+    for it in msg.instances:
+        if not it.has_amodal:
+            raise BagError(f"{where}: instance {it.id} has no amodal mask (has_amodal false)")
+        masks.append(_mask_from(it.amodal_roi, it.amodal_mask, h, w, f"{where}: instance {it.id} amodal_mask"))
+        ids.append(int(it.id))
+    am = np.stack(masks) if masks else np.zeros((0, h, w), bool)
+    return am, np.asarray(ids, np.int64)
 
 
 def _sec(t_ns: int) -> str:
@@ -414,6 +544,6 @@ def with_stamp(cdr: bytes, stamp_ns: int) -> bytes:
 
 __all__ = [
     "BagError", "BagFrame", "BagInfo", "BagTopics",
-    "bag_info", "image_from_cdr", "msg_dir", "open_reader", "read_frames", "read_messages",
+    "amodal_gt_cdr", "bag_info", "image_from_cdr", "msg_dir", "open_reader", "read_frames", "read_messages",
     "typestore", "with_stamp", "write_samples",
 ]
