@@ -37,5 +37,6 @@ setup(
         "uois-sam-eval=uois_sam_ros.apps.eval:main",
         "uois-sam-grasp=uois_sam_ros.apps.grasp:main",
         "uois-sam-interactive-eval=uois_sam_ros.apps.interactive_eval:main",
+        "uois-sam-bench=uois_sam_ros.bench.cli:main",
     ]},
 )
