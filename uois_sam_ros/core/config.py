@@ -6,12 +6,14 @@ a typo in a YAML file is reported instead of silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import io
 import tokenize
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,10 @@ class SamConfig:
     multimask_output: bool = True  # 3 masks per prompt from SAM's multimask tokens (HDNet scores 4 tokens)
     allow_random_weights: bool = False  # tests/benchmarks only: random weights when there is no checkpoint
     image_size: int = 1024  # encoder input side; only the test architecture vit_tiny may change it
+    dtype: str = "fp32"  # fp32 | bf16 | fp16: autocast of the encoder and decoder (fp32: none; fp16 on CPU runs fp32)
+
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype, "sam.dtype")  # a bad value fails at load / parameter change, not per frame
 
 
 @dataclass
@@ -49,6 +55,10 @@ class HPGConfig:
     top_k: int = 30  # K: the most prompts per frame (the highest heatmap peaks)
     peak_kernel: int = 3  # max-pool window for peak suppression
     device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
+    dtype: str = "fp32"  # fp32 | bf16 | fp16: autocast of the network (fp32: none; fp16 on CPU runs fp32)
+
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype, "hpg.dtype")
 
 
 @dataclass
@@ -239,6 +249,53 @@ def resolve_device(name: str | None) -> str:
             raise ConfigError(f"device {raw!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
         return s
     raise ConfigError(f"device {raw!r} is not valid; use {DEVICE_HELP}")
+
+
+DTYPES = ("fp32", "bf16", "fp16")
+_warned_fp16_cpu = False
+
+
+def check_dtype(value: Any, where: str = "dtype") -> str:
+    """The normalised dtype name; ConfigError naming `where` for anything but fp32 | bf16 | fp16."""
+    s = "fp32" if value is None else str(value).strip().lower()
+    if s not in DTYPES:
+        raise ConfigError(f"{where} {value!r} is not valid; use one of {' | '.join(DTYPES)}")
+    return s
+
+
+class DtypeFallbackWarning(UserWarning):
+    """fp16 was asked for on a CPU, where it runs as fp32."""
+
+
+def resolve_dtype(name: str | None, device: str) -> Any:
+    """The autocast dtype a config's dtype value means on device: None for fp32, so that fp32 runs
+    no autocast at all and its results stay bit-identical; torch.bfloat16 or torch.float16 else.
+
+    fp16 on a CPU returns None (fp32) with one DtypeFallbackWarning per process: CPU autocast in
+    fp16 is slow or unsupported, while bf16 runs there. An unknown value raises ConfigError.
+    """
+    import torch  # lazy: the config tree itself stays importable without torch
+
+    global _warned_fp16_cpu
+    s = check_dtype(name)
+    if s == "fp32":
+        return None
+    if s == "fp16" and torch.device(device).type == "cpu":
+        if not _warned_fp16_cpu:
+            _warned_fp16_cpu = True
+            warnings.warn("dtype fp16 on CPU runs as fp32 (CPU autocast in fp16 is slow or unsupported; "
+                          "bf16 runs on CPU)", DtypeFallbackWarning, stacklevel=2)
+        return None
+    return torch.bfloat16 if s == "bf16" else torch.float16
+
+
+def autocast(device: str, dtype: Any) -> contextlib.AbstractContextManager:
+    """torch.autocast for a resolve_dtype result; a no-op context for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from uois_sam_ros.core.config import HPGConfig, resolve_device
+from uois_sam_ros.core.config import HPGConfig, autocast, resolve_device, resolve_dtype
 from uois_sam_ros.core.types import Frame, FrameError, Prompts
 
 BACKBONES = ("dinov2_vits14", "sam", "cnn_rgb", "cnn_rgbd")
@@ -358,6 +358,7 @@ class HPG:
                     f"no HPG checkpoint for backbone {cfg.backbone!r}: set hpg.checkpoint "
                     "(the shipped default uois_sam_ros/data/hpg_cnn_rgbd.pt covers only cnn_rgbd)")
             model = load_hpg_checkpoint(ckpt, self.device, cfg.backbone_checkpoint)
+        resolve_dtype(cfg.dtype, self.device)  # an invalid hpg.dtype fails here, not at the first frame
         self.model = model.to(self.device).eval()
         self.last_fg: np.ndarray | None = None  # at HPG resolution
         self.last_heatmap: np.ndarray | None = None
@@ -370,16 +371,20 @@ class HPG:
     @torch.no_grad()
     def _maps(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
         dev = self.device
+        amp = autocast(dev, resolve_dtype(self.cfg.dtype, dev))  # cfg read per call: reconfigure may change it
         if self.model.backbone_name == "sam":
             if self.sam_embedding is None:
                 raise RuntimeError("HPG backbone 'sam' needs the frame's SAM embedding first "
                                    "(the pipeline sets HPG.sam_embedding after the encoder)")
-            fg, heat = self.model(self.sam_embedding.to(dev), None)
+            with amp:
+                fg, heat = self.model(self.sam_embedding.to(dev), None)
         else:
             t = preprocess(frame, self.cfg)
             if self.model.uses_depth and "depth" not in t:
                 raise FrameError("HPG backbone 'cnn_rgbd' needs depth, but the frame has none")
-            fg, heat = self.model(t["rgb"].to(dev), t.get("depth").to(dev) if "depth" in t else None)
+            with amp:
+                fg, heat = self.model(t["rgb"].to(dev), t.get("depth").to(dev) if "depth" in t else None)
+        fg, heat = fg.float(), heat.float()  # no-op in fp32; bf16/fp16 maps are thresholded in float32
         fg_prob = torch.softmax(fg, dim=1)[0, 1].float().cpu().numpy()
         heat_np = heat[0, 0].float().cpu().numpy()
         self.last_fg, self.last_heatmap = fg_prob, heat_np

@@ -13,6 +13,11 @@ by calling ``prompt_encoder`` and ``mask_decoder.predict_masks`` directly: predi
 all 4 mask tokens' masks and IoUs (``forward`` with multimask_output=True drops token 0, which
 HDNet scores too). A forward hook on ``mask_decoder.transformer`` captures ``hs``, from which
 T_iou = hs[:, 0] and T_mask = hs[:, 1:5]. Nothing of SAM's code is copied.
+
+Precision: ``SamConfig.dtype`` bf16 / fp16 runs the encoder and the decoder under torch.autocast
+(the GPU's fast path); the embedding and every decoder output are turned back into float32, so
+post-processing, HDNet and the adaptation code see the same dtypes as in fp32. fp32 runs no
+autocast at all, so its results do not change.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from segment_anything.utils.amg import (
 from torch import nn
 from torchvision.ops.boxes import batched_nms
 
-from uois_sam_ros.core.config import SamConfig, resolve_device
+from uois_sam_ros.core.config import SamConfig, autocast, resolve_device, resolve_dtype
 from uois_sam_ros.core.segment.backend import Decoded
 from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import (
@@ -314,6 +319,7 @@ class SamSegmenter:
         self.name = f"sam_{cfg.model_type}"
         self.device = torch.device(device)
         self.decode_batch = max(1, int(decode_batch))
+        resolve_dtype(cfg.dtype, device)  # an invalid sam.dtype fails here, not at the first frame
         self.predictor = SamPredictor(self.model)
         self._hs: torch.Tensor | None = None
         self.model.mask_decoder.transformer.register_forward_hook(self._capture)
@@ -336,10 +342,17 @@ class SamSegmenter:
             raise RuntimeError("call set_frame before reading the embedding")
         return self.predictor.features
 
+    def _amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of cfg.dtype (read per call: reconfigure may change it); None = fp32."""
+        return resolve_dtype(self.cfg.dtype, str(self.device))
+
     def set_frame(self, frame: Frame) -> None:
         frame.validate()
-        with torch.inference_mode():
+        dt = self._amp_dtype()
+        with torch.inference_mode(), autocast(str(self.device), dt):
             self.predictor.set_image(frame.rgb, image_format="RGB")
+        if dt is not None:  # consumers (decoder outside autocast, HPG 'sam', adaptation) expect float32
+            self.predictor.features = self.predictor.features.float()
 
     def valid_lowres_hw(self) -> tuple[int, int]:
         """Rows/cols of the low-res logits that cover the image (the rest is padding)."""
@@ -359,18 +372,23 @@ class SamSegmenter:
                                                        self.predictor.original_size)
         coords_t = torch.as_tensor(coords, dtype=torch.float32, device=self.device)[:, None, :]
         labels_t = torch.as_tensor(prompts.labels, dtype=torch.int64, device=self.device)[:, None]
-        pe = self.model.prompt_encoder.get_dense_pe()
+        dt = self._amp_dtype()
         outs: list[tuple[torch.Tensor, ...]] = []
-        for s in range(0, k, self.decode_batch):
-            sl = slice(s, s + self.decode_batch)
-            sparse, dense = self.model.prompt_encoder(points=(coords_t[sl], labels_t[sl]), boxes=None, masks=None)
-            logits, iou = self.model.mask_decoder.predict_masks(
-                image_embeddings=self.predictor.features, image_pe=pe,
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
-            hs = self._hs
-            n_tok = self.model.mask_decoder.num_mask_tokens
-            outs.append((logits, iou, hs[:, 0].clone(), hs[:, 1:1 + n_tok].clone()))
+        with autocast(str(self.device), dt):
+            pe = self.model.prompt_encoder.get_dense_pe()
+            for s in range(0, k, self.decode_batch):
+                sl = slice(s, s + self.decode_batch)
+                sparse, dense = self.model.prompt_encoder(points=(coords_t[sl], labels_t[sl]), boxes=None,
+                                                          masks=None)
+                logits, iou = self.model.mask_decoder.predict_masks(
+                    image_embeddings=self.predictor.features, image_pe=pe,
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+                hs = self._hs
+                n_tok = self.model.mask_decoder.num_mask_tokens
+                outs.append((logits, iou, hs[:, 0].clone(), hs[:, 1:1 + n_tok].clone()))
         cat = [torch.cat([o[i] for o in outs]) for i in range(4)]
+        if dt is not None:
+            cat = [c.float() for c in cat]
         return LowRes(*cat)
 
     @torch.inference_mode()
@@ -409,13 +427,17 @@ class SamSegmenter:
         if len(pts) == 0:
             return empty
         thr = self.model.mask_threshold
+        dt = self._amp_dtype()
         data = MaskData()
         for (batch,) in batch_iterator(max(1, int(points_per_batch)), pts):
             coords = self.predictor.transform.apply_coords(batch, (h, w))
             in_points = torch.as_tensor(coords, device=self.predictor.device)
             in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-            masks, iou, _ = self.predictor.predict_torch(in_points[:, None, :], in_labels[:, None],
-                                                         multimask_output=multimask_output, return_logits=True)
+            with autocast(str(self.device), dt):
+                masks, iou, _ = self.predictor.predict_torch(in_points[:, None, :], in_labels[:, None],
+                                                             multimask_output=multimask_output, return_logits=True)
+            if dt is not None:
+                masks, iou = masks.float(), iou.float()
             b = MaskData(masks=masks.flatten(0, 1), iou_preds=iou.flatten(0, 1),
                          points=torch.as_tensor(batch.repeat(masks.shape[1], axis=0)))
             del masks
