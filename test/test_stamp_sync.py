@@ -42,3 +42,31 @@ def test_backwards_time_jump_restarts_instead_of_starving():
     # small reordering (< JUMP_BACK_NS) is still treated as stale
     s.add("a", msg(9, 500_000_000))
     assert s.add("b", msg(9, 500_000_000)) is None
+
+
+def test_exact_matching_shortcut_delivers_what_the_general_search_delivers():
+    """slop 0 only looks at the arriving stamp (a set is delivered the moment it is complete): on any
+    arrival order, with losses and evictions, the same sets come out as from the general search."""
+    import random
+
+    class General(StampSync):
+        def _match_exact(self, key):
+            return self._match()
+
+    rng = random.Random(7)
+    for trial in range(200):
+        topics = ["color", "depth", "prompts"][: rng.choice([2, 3])]
+        fast = StampSync(topics, depth=rng.choice([1, 3, 10]))
+        slow = General(topics, depth=fast.depth)
+        events = [(t, s) for s in range(1, 30) for t in topics if rng.random() > 0.15]
+        # topics are not ordered against each other: shuffle within a window
+        for i in range(len(events)):
+            j = min(len(events) - 1, i + rng.randint(0, 6))
+            events[i], events[j] = events[j], events[i]
+        for topic, sec in events:
+            a = fast.add(topic, msg(sec, 0, f"{topic}{sec}"))
+            b = slow.add(topic, msg(sec, 0, f"{topic}{sec}"))
+            assert (a is None) == (b is None), (trial, topic, sec)
+            if a is not None:
+                assert {t: m.tag for t, m in a.items()} == {t: m.tag for t, m in b.items()}
+        assert fast.delivered == slow.delivered and fast.last == slow.last

@@ -29,6 +29,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
+from uois_sam_ros.nodes.common import prime_torch_blas
 from uois_sam_ros.ros.dds import apply_default_profile
 from uois_sam_ros.ros.graph import (
     LAUNCH_ARGUMENTS,
@@ -72,6 +73,7 @@ def build_nodes(specs: list[NodeSpec], context: Context | None = None,
         for n in nodes:
             n.destroy_node()
         raise
+    prime_torch_blas()  # the workers' BLAS calls (nodes/common.py); from the main thread only
     return nodes
 
 

@@ -25,6 +25,9 @@ from uois_sam_ros.ros.params import params_to_config
 from uois_sam_ros.ros.qos import LATEST_QOS, SENSOR_QOS
 
 PROMPTS_TOPIC = "prompts"
+# The hpg node's weights-free regions and table plane of each frame (mono16, geometric._Segments.packed),
+# published before its prompts, so that the segmentation node does not compute them again.
+REGIONS_TOPIC = "hpg/regions"
 NS = 1_000_000_000
 
 
@@ -84,7 +87,25 @@ class StampSync:
             buf[key] = msg
             while len(buf) > self.depth:
                 buf.popitem(last=False)
-            return self._match()
+            return self._match_exact(key) if self.slop_ns == 0 else self._match()
+
+    def _match_exact(self, key: tuple[int, int]) -> dict[str, Any] | None:
+        """_match for slop 0 in O(topics): a set is delivered as soon as it is complete, so the only
+        set that can be complete now is the one of the stamp that just arrived."""
+        if not all(key in self.buffers[t] for t in self.topics):
+            return None
+        return self._deliver({t: key for t in self.topics})
+
+    def _deliver(self, keys: dict[str, tuple[int, int]]) -> dict[str, Any]:
+        """The set `keys` (topic -> stamp), dropping it and everything older from the buffers."""
+        out = {t: self.buffers[t][k] for t, k in keys.items()}
+        self.last = keys[self.topics[0]]
+        for t, k in keys.items():
+            b = self.buffers[t]
+            for old in [o for o in b if o <= k]:
+                del b[old]
+        self.delivered += 1
+        return out
 
     def _closest(self, topic: str, pivot_ns: int) -> tuple[int, int] | None:
         best, best_d = None, None
@@ -108,14 +129,7 @@ class StampSync:
                 stamps = [_ns(k) for k in keys.values()]
                 if max(stamps) - min(stamps) > self.slop_ns:
                     continue
-                out = {t: self.buffers[t][k] for t, k in keys.items()}
-                self.last = pk
-                for t, k in keys.items():
-                    b = self.buffers[t]
-                    for old in [o for o in b if o <= k]:
-                        del b[old]
-                self.delivered += 1
-                return out
+                return self._deliver(keys)
         return None
 
 
@@ -188,11 +202,14 @@ class FrameInputs:
     """
 
     INFO_WAIT = 0.5  # seconds a synced frame waits for its camera_info
+    ATTACH_WAIT = 0.1  # seconds the worker waits for an attachment that came with the previous frame
 
     def __init__(self, node: Node, extra: dict[str, type] | None, depth: int, slop_s: float,
                  on_set: Callable[[dict[str, Any], CameraInfo | None], None],
                  on_received: Callable[[], None] | None = None, warn_after: float = 3.0,
-                 callback_group: Any = None) -> None:
+                 callback_group: Any = None, attach: dict[str, type] | None = None) -> None:
+        """extra: topics every set must have (prompts in split mode). attach: topics whose message of a
+        frame's stamp the worker may pick up (``attached``) but that no set waits for."""
         self.node, self.on_set, self.on_received = node, on_set, on_received
         self.info: CameraInfo | None = None  # the latest
         self.info_stamped = False
@@ -205,6 +222,13 @@ class FrameInputs:
         names = {t: node.resolve_topic_name(t) for t in topics}
         self.watch = PairingWatch(self.sync, node.get_logger().warning, after=warn_after, names=names)
         self.received = 0
+        # Per colour stamp: when its image arrived (node clock, monotonic), then when its set was
+        # handed to the worker; the node reads them back as its arrive/sync/queue steps.
+        self._arrived: OrderedDict[tuple[int, int], tuple[float, float]] = OrderedDict()
+        self._timing: OrderedDict[tuple[int, int], tuple[float, float, float]] = OrderedDict()
+        self._now = getattr(node, "now_s", None) or (lambda: node.get_clock().now().nanoseconds * 1e-9)
+        self._attached: dict[str, OrderedDict[tuple[int, int], Any]] = {t: OrderedDict() for t in (attach or {})}
+        self._attach_cond = threading.Condition(self._lock)
         cg = callback_group
         self._entities: list[Any] = [
             node.create_timer(0.1, self._check_pending, callback_group=cg),
@@ -215,6 +239,11 @@ class FrameInputs:
                                      callback_group=cg),
             node.create_subscription(CameraInfo, INFO_TOPIC, self._info, SENSOR_QOS, callback_group=cg),
         ]
+        # Attachments first: when one and a set-completing message are ready in the same executor
+        # wait, the attachment is taken first (the hpg node publishes its regions before its prompts).
+        for topic, mtype in (attach or {}).items():
+            self._entities.append(node.create_subscription(mtype, topic, lambda m, t=topic: self._on_attach(t, m),
+                                                           LATEST_QOS, callback_group=cg))
         for topic, mtype in (extra or {}).items():
             self._entities.append(node.create_subscription(mtype, topic, lambda m, t=topic: self._add(t, m),
                                                            LATEST_QOS, callback_group=cg))
@@ -230,6 +259,33 @@ class FrameInputs:
         self._entities = []
         with self._lock:
             self.pending = None
+
+    def _on_attach(self, topic: str, msg: Any) -> None:
+        with self._attach_cond:
+            buf = self._attached[topic]
+            buf[_key(msg)] = msg
+            while len(buf) > self.sync.depth:
+                buf.popitem(last=False)
+            self._attach_cond.notify_all()
+
+    def attached(self, topic: str, msg: Any, wait: float = 0.0) -> Any | None:
+        """The message on attach topic `topic` with the stamp of `msg`, waiting up to `wait` s for it
+        (worker thread); None when it does not come. Older ones are dropped."""
+        key = _key(msg)
+        end = time.monotonic() + wait
+        with self._attach_cond:
+            buf = self._attached.get(topic)
+            if buf is None:
+                return None
+            while key not in buf:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self._attach_cond.wait(left)
+            out = buf.pop(key)
+            for old in [k for k in buf if k < key]:
+                del buf[old]
+            return out
 
     def _info_for(self, key: tuple[int, int]) -> CameraInfo | None:
         exact = self._infos.get(key)
@@ -257,9 +313,36 @@ class FrameInputs:
             elif self.info_stamped:
                 return  # not this frame's camera_info: keep waiting for it
             self.pending = None
-        self.on_set(pending[0], msg)
+        self._deliver(pending[0], msg)
+
+    def _deliver(self, msgs: dict[str, Any], info: CameraInfo | None) -> None:
+        """Hand a complete set to the node, noting when (the sync step ends here)."""
+        key = _key(msgs[COLOR_TOPIC])
+        with self._lock:
+            arrived = self._arrived.pop(key, None)
+            if arrived is not None:
+                stamp = _ns(key) / NS
+                self._timing[key] = (arrived[0] - stamp, arrived[1], time.monotonic())
+                while len(self._timing) > 4:
+                    self._timing.popitem(last=False)
+        self.on_set(msgs, info)
+
+    def timing(self, msg: Any) -> dict[str, float]:
+        """The arrive (stamp -> colour image received), sync (-> set complete) and queue (-> now)
+        seconds of the frame of ``msg``'s stamp, once (the worker calls it as it starts)."""
+        with self._lock:
+            t = self._timing.pop(_key(msg), None)
+        if t is None:
+            return {}
+        return {"arrive": t[0], "sync": t[2] - t[1], "queue": time.monotonic() - t[2]}
 
     def _add(self, topic: str, msg: Any) -> None:
+        if topic == COLOR_TOPIC:
+            arrived = (self._now(), time.monotonic())
+            with self._lock:
+                self._arrived[_key(msg)] = arrived
+                while len(self._arrived) > self.sync.depth:
+                    self._arrived.popitem(last=False)
         self.watch.received(topic)
         out = self.sync.add(topic, msg)
         if out is None:
@@ -278,7 +361,7 @@ class FrameInputs:
                 return
             else:
                 info = self.info  # this camera's camera_info stamps do not follow its images
-        self.on_set(out, info)
+        self._deliver(out, info)
 
     def _check_pending(self) -> None:
         with self._lock:
@@ -289,7 +372,7 @@ class FrameInputs:
             info = self.info
         # Its own camera_info was lost (best-effort QoS): the latest is the best guess. None:
         # the worker reports the missing camera_info.
-        self.on_set(pending[0], info)
+        self._deliver(pending[0], info)
 
     def frame(self, color: Image, depth: Image, info: CameraInfo | None, depth_scale: float) -> Frame:
         if info is None:
@@ -412,12 +495,13 @@ class FrameNode(ManagedNode):
         if self.holder is not None:
             self.holder.unload()
 
-    def start_inputs(self, extra: dict[str, type] | None, depth: int, name: str) -> None:
+    def start_inputs(self, extra: dict[str, type] | None, depth: int, name: str,
+                     attach: dict[str, type] | None = None) -> None:
         self.worker = LatestWorker(self._process, self._worker_error, name=name, on_drop=self.stats.on_drop)
         self.inputs = FrameInputs(self, extra, depth, self.params.get("sync_slop"),
                                   lambda msgs, info: self.worker.put((msgs, info)),
                                   on_received=lambda: self.stats.on_input(self.now_s()),
-                                  callback_group=self.io_group)
+                                  callback_group=self.io_group, attach=attach)
 
     def stop_io(self) -> None:
         if self.inputs is not None:

@@ -1,7 +1,8 @@
 """segmentation node: frames (+ prompts from hpg) in, /instances out.
 
 Subscribes camera/color/image_raw, camera/aligned_depth_to_color/image_raw,
-camera/color/camera_info and, in split mode, prompts. Publishes instances (InstanceArray,
+camera/color/camera_info and, in split mode, prompts and hpg/regions (the weights-free regions
+of the prompts' frame, rebuilt here instead of computed again; computed when they do not come). Publishes instances (InstanceArray,
 header = the source colour frame's), instances/label (mono16) and instances/overlay (rgb8,
 only computed while somebody subscribes). With single_node=true the prompt source runs here
 and the prompts topic is not used. In split mode this node loads the segmenter and HDNet
@@ -18,6 +19,7 @@ decodes by swapping parameters into the very SAM model the pipeline runs.
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -29,10 +31,10 @@ from uois_sam_ros.core.types import Frame, FrameError
 from uois_sam_ros.msg import InstanceArray
 from uois_sam_ros.msg import Prompts as PromptsMsg
 from uois_sam_ros.nodes.common import spin_node
-from uois_sam_ros.nodes.inputs import PROMPTS_TOPIC, FrameNode
+from uois_sam_ros.nodes.inputs import PROMPTS_TOPIC, REGIONS_TOPIC, FrameInputs, FrameNode
 from uois_sam_ros.ros.convert import copy_header, instances_to_msg, msg_to_prompts, stamp_to_sec
 from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC
-from uois_sam_ros.ros.image import numpy_to_image
+from uois_sam_ros.ros.image import ImageConversionError, image_to_numpy, numpy_to_image
 from uois_sam_ros.ros.params import params_to_config
 from uois_sam_ros.ros.qos import LATEST_QOS
 from uois_sam_ros.srv import Refine
@@ -53,6 +55,7 @@ class SegmentationNode(FrameNode):
         self.pub_instances = self.pub_label = self.pub_overlay = None
         self.refiner: Any = None  # core.adapt.refine.Refiner, from configure to cleanup
         self.srv_refine: Any = None
+        self._regions_seen = False  # the previous frame came with the hpg node's regions
         super().__init__(node_name, **kwargs)
 
     def pipeline_part(self) -> str:
@@ -98,7 +101,9 @@ class SegmentationNode(FrameNode):
 
     def start_io(self) -> None:
         extra = None if self.prompts_here else {PROMPTS_TOPIC: PromptsMsg}
-        self.start_inputs(extra, self.params.get("frame_buffer"), "segmentation")
+        attach = None if self.prompts_here else {REGIONS_TOPIC: Image}
+        self._regions_seen = False
+        self.start_inputs(extra, self.params.get("frame_buffer"), "segmentation", attach)
         # Its own group: a request (decoding, adaptation steps) never holds up the camera callbacks.
         self.srv_refine = self.create_service(Refine, REFINE_SERVICE, self._on_refine,
                                               callback_group=MutuallyExclusiveCallbackGroup())
@@ -140,10 +145,17 @@ class SegmentationNode(FrameNode):
                 return
             if refiner is not None:
                 refiner.bind(pipeline)  # a swapped pipeline (new weights) starts a new cache
+            steps = self.inputs.timing(color)
             try:
+                t = time.perf_counter()
                 frame = self.inputs.frame(color, msgs[DEPTH_TOPIC], info, self.params.get("depth_scale"))
                 given = msg_to_prompts(msgs[PROMPTS_TOPIC]) if PROMPTS_TOPIC in msgs else None
-                inst = pipeline.run(frame, given)
+                regions = self._regions(color, frame) if given is not None and pipeline.takes_regions else None
+                steps["convert"] = time.perf_counter() - t
+                t = time.perf_counter()
+                inst = pipeline.run(frame, given, regions)
+                steps["core"] = time.perf_counter() - t
+                steps.update({f"core_{k}": v for k, v in (inst.timings or {}).items() if k != "total"})
             except FrameError as e:
                 self.errors(f"bad input frame at t={stamp_to_sec(color.header.stamp):.3f}: {e}")
                 return
@@ -152,11 +164,34 @@ class SegmentationNode(FrameNode):
                     refiner.add(stamp_ns(color.header.stamp), frame, inst, copy_header(color.header))
                 except Exception as e:  # noqa: BLE001 - the frame's result is still published
                     self.errors(f"refine: could not keep the frame: {type(e).__name__}: {e}", "refine_cache")
-        self.publish(inst, color, frame)
+        self.publish(inst, color, frame, steps)
 
-    def publish(self, inst: Any, color: Image, frame: Frame) -> None:
+    def _regions(self, color: Image, frame: Frame) -> Any:
+        """The hpg node's packed weights-free regions of this frame (published just before its
+        prompts), or None: then the segmenter computes them itself. Waits for them briefly only
+        while they keep coming, so an hpg node that sends none costs nothing."""
+        msg = self.inputs.attached(REGIONS_TOPIC, color, FrameInputs.ATTACH_WAIT if self._regions_seen else 0.0)
+        self._regions_seen = msg is not None
+        if msg is None:
+            return None
+        try:
+            packed = image_to_numpy(msg, expected_encoding="mono16")
+        except ImageConversionError as e:
+            self.errors(f"{self.resolve_topic_name(REGIONS_TOPIC)}: {e}; computing the regions here", "regions")
+            return None
+        if packed.shape != (frame.height, frame.width):
+            self.errors(f"{self.resolve_topic_name(REGIONS_TOPIC)} is {packed.shape[1]}x{packed.shape[0]} but the "
+                        f"frame is {frame.width}x{frame.height}; computing the regions here", "regions")
+            return None
+        return packed
+
+    def publish(self, inst: Any, color: Image, frame: Frame, steps: dict[str, float] | None = None) -> None:
+        t = time.perf_counter()
         if not self._publish_instances(inst, color.header, frame)[1]:
             return
+        if steps is not None:
+            steps["output"] = time.perf_counter() - t
+            self.steps.add(steps)
         self.published += 1
         self.stats.on_output(self.now_s(), stamp_to_sec(color.header.stamp))
 

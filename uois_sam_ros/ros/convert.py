@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
@@ -60,19 +61,29 @@ def copy_header(header: Header) -> Header:
 # ---------------------------------------------------------------------------- instances
 
 
+def _u8(mask: np.ndarray) -> np.ndarray:
+    """A bool (or 0/1 uint8) mask as uint8 without a copy where possible (OpenCV takes uint8)."""
+    m = np.asarray(mask)
+    return m.view(np.uint8) if m.dtype == bool else (m != 0).view(np.uint8)
+
+
 def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """x0, y0, x1, y1 (exclusive); all zero for an empty mask."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if not len(ys):
+    """x0, y0, x1, y1 (exclusive); all zero for an empty mask. One pass in OpenCV: numpy's
+    any() along both axes cost about 1 ms per 640x480 mask, per instance, per frame."""
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(_u8(mask)))
+    if w == 0 or h == 0:
         return 0, 0, 0, 0
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+    return int(x), int(y), int(x + w), int(y + h)
+
+
+def _area(mask: np.ndarray) -> int:
+    return int(cv2.countNonZero(np.ascontiguousarray(_u8(mask))))
 
 
 def _crop_to_msg(mask: np.ndarray, header: Header) -> tuple[RegionOfInterest, Image]:
     x0, y0, x1, y1 = _tight_box(mask)
     roi = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0, do_rectify=False)
-    crop = np.where(mask[y0:y1, x0:x1], np.uint8(255), np.uint8(0)).astype(np.uint8)
+    crop = _u8(mask[y0:y1, x0:x1]) * np.uint8(255)  # 0 / 255
     return roi, numpy_to_image(crop, "mono8", copy_header(header))
 
 
@@ -124,7 +135,7 @@ def instances_to_msg(inst: Instances, header: Header) -> InstanceArray:
         roi, mask_img = _crop_to_msg(m, header)
         item = Instance(id=i + 1, score=_f32(inst.scores[i]), sam_iou=_f32(inst.sam_iou[i]),
                         prompt_x=_f32(inst.prompts[i, 0]), prompt_y=_f32(inst.prompts[i, 1]),
-                        area=int(m.sum()), roi=roi, mask=mask_img, has_amodal=False,
+                        area=_area(m), roi=roi, mask=mask_img, has_amodal=False,
                         occlusion_rate=float("nan"))
         if inst.amodal_masks is not None:
             am = np.asarray(inst.amodal_masks[i], bool)
@@ -133,7 +144,7 @@ def instances_to_msg(inst: Instances, header: Header) -> InstanceArray:
             if inst.occlusion_rates is not None:
                 item.occlusion_rate = _f32(inst.occlusion_rates[i])
             else:
-                a_area = int(am.sum())
+                a_area = _area(am)
                 item.occlusion_rate = _f32(1.0 - item.area / a_area) if a_area else float("nan")
         msg.instances.append(item)
     msg.label_map = numpy_to_image(inst.label_map(), "mono16", copy_header(header))
@@ -234,8 +245,8 @@ def frame_from_msgs(color: Image, depth: Image | None = None, info: CameraInfo |
     if depth is not None:
         try:
             if depth.encoding in ("16UC1", "mono16"):
-                raw = image_to_numpy(depth)
-                d = raw.astype(np.float32) * np.float32(depth_scale)
+                d = image_to_numpy(depth, copy=False).astype(np.float32)  # the one copy: a view, then float
+                d *= np.float32(depth_scale)
             elif depth.encoding == "32FC1":
                 d = image_to_numpy(depth)
             else:

@@ -71,6 +71,13 @@ def encode_pixels(array_: np.ndarray, encoding: str, step: int | None = None,
 
     step defaults to width * bytes-per-pixel; a larger step pads each row with zeros.
     """
+    rows, step = _pack_rows(array_, encoding, step, bigendian)
+    return rows.tobytes(), step
+
+
+def _pack_rows(array_: np.ndarray, encoding: str, step: int | None, bigendian: bool) -> tuple[np.ndarray, int]:
+    """The (H, step) uint8 rows of the image bytes, and step: a view of `array_` when it already has
+    the wire layout (contiguous, wire byte order, no padding), so the caller makes the one copy."""
     fmt = pixel_format(encoding)
     a = np.asarray(array_)
     if fmt.channels == 1 and a.ndim == 3 and a.shape[2] == 1:
@@ -92,15 +99,17 @@ def encode_pixels(array_: np.ndarray, encoding: str, step: int | None = None,
     wire = fmt.dtype.newbyteorder(">" if bigendian else "<") if fmt.dtype.itemsize > 1 else fmt.dtype
     packed = np.ascontiguousarray(a, dtype=wire).view(np.uint8).reshape(height, row_bytes)
     if step == row_bytes:
-        return packed.tobytes(), step
+        return packed, step
     out = np.zeros((height, step), np.uint8)
     out[:, :row_bytes] = packed
-    return out.tobytes(), step
+    return out, step
 
 
 def decode_pixels(data: bytes | bytearray | memoryview | array.array | np.ndarray, height: int, width: int,
-                  encoding: str, step: int, is_bigendian: bool = False) -> np.ndarray:
-    """Unpack image bytes into a native-order (H, W[, C]) array (a copy, safe to modify)."""
+                  encoding: str, step: int, is_bigendian: bool = False, copy: bool = True) -> np.ndarray:
+    """Unpack image bytes into a (H, W[, C]) array: a native-order copy, safe to modify; or with
+    copy=False a read-only view of `data` where its rows are unpadded (else a copy), possibly in
+    the wire byte order, for a caller that converts it anyway (depth to float)."""
     fmt = pixel_format(encoding)
     height, width, step = int(height), int(width), int(step)
     row_bytes = width * fmt.bytes_per_pixel
@@ -120,15 +129,23 @@ def decode_pixels(data: bytes | bytearray | memoryview | array.array | np.ndarra
             f"(step {step} x height {height}, encoding {encoding!r})")
     rows = buf.reshape(height, step)[:, :row_bytes]
     wire = fmt.dtype.newbyteorder(">" if is_bigendian else "<") if fmt.dtype.itemsize > 1 else fmt.dtype
-    out = np.ascontiguousarray(rows).view(wire).astype(fmt.dtype, copy=True)
     shape = (height, width) if fmt.channels == 1 else (height, width, fmt.channels)
+    if not copy:
+        view = np.ascontiguousarray(rows).view(wire).reshape(shape)
+        view.flags.writeable = False
+        return view
+    out = np.ascontiguousarray(rows).view(wire).astype(fmt.dtype, copy=True)
     return out.reshape(shape)
 
 
 def numpy_to_image(array_: np.ndarray, encoding: str, header: Header | None = None,
                    step: int | None = None, bigendian: bool = False) -> Image:
-    """A sensor_msgs/Image holding `array_` in `encoding` (little-endian unless asked)."""
-    data, step = encode_pixels(array_, encoding, step=step, bigendian=bigendian)
+    """A sensor_msgs/Image holding `array_` in `encoding` (little-endian unless asked).
+
+    The pixels are copied once, straight into the message's buffer."""
+    rows, step = _pack_rows(array_, encoding, step, bigendian)
+    data = array.array("B")
+    data.frombytes(rows)  # C-contiguous (H, step) uint8: read through the buffer protocol
     msg = Image()
     if header is not None:
         msg.header = header
@@ -137,19 +154,20 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header: Header | None = No
     msg.encoding = encoding
     msg.is_bigendian = 1 if (bigendian and pixel_format(encoding).dtype.itemsize > 1) else 0
     msg.step = step
-    msg.data = array.array("B", data)
+    msg.data = data
     return msg
 
 
-def image_to_numpy(msg: Image, expected_encoding: str | None = None) -> np.ndarray:
+def image_to_numpy(msg: Image, expected_encoding: str | None = None, copy: bool = True) -> np.ndarray:
     """The pixels of an Image as (H, W) or (H, W, C), in the message's own channel order.
 
     rgb8/bgr8 -> (H, W, 3) uint8, mono8/8UC1 -> (H, W) uint8, mono16/16UC1 -> (H, W) uint16,
     32FC1 -> (H, W) float32. expected_encoding rejects anything else with a clear error.
+    copy=False: a read-only view of the message's buffer where possible (decode_pixels).
     """
     if expected_encoding is not None and msg.encoding != expected_encoding:
         raise ImageConversionError(f"image encoding is {msg.encoding!r}, expected {expected_encoding!r}")
-    return decode_pixels(msg.data, msg.height, msg.width, msg.encoding, msg.step, bool(msg.is_bigendian))
+    return decode_pixels(msg.data, msg.height, msg.width, msg.encoding, msg.step, bool(msg.is_bigendian), copy)
 
 
 def to_rgb(msg: Image) -> np.ndarray:

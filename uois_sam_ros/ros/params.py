@@ -122,7 +122,9 @@ SEGMENTATION_PARAMS: tuple[ParamSpec, ...] = _NODE_COMMON + (
     ParamSpec("single_node", "bool", False,
               "run the prompt source inside this node (no prompts topic, one hop less)", True),
     ParamSpec("publish_overlay", "bool", True, "publish instances/overlay (rgb8)"),
-    ParamSpec("frame_buffer", "int", 10, "split mode: frames kept waiting for their prompts", min=1, max=100),
+    ParamSpec("frame_buffer", "int", 30,
+              "split mode: frames kept waiting for their prompts (30 = 1 s of a 30 Hz camera; fewer than the "
+              "frames the camera sends while hpg works on one, and no frame finds its prompts)", min=1, max=100),
     ParamSpec("refine_frames", "int", 5,
               "~/refine: recent frames kept with their instances and SAM image embedding (0 = no refinement)",
               min=0, max=50),

@@ -74,6 +74,9 @@ class TablePlane:
     region: (H, W) filled convex hull of the table in the image (where objects may stand).
     points: (H, W, 3) float32 back-projected points, NaN where depth is invalid.
     candidates: every plane that was fitted, the chosen one among them.
+    fit_pixels: flat indices (ascending) of the pixels the final least-squares fit used: the
+    coefficients are exactly ``_fit_ls`` of their points, so another process that has the same
+    depth can rebuild the plane from them (``plane_from_fit_pixels``) without fitting it again.
     """
 
     coefficients: np.ndarray
@@ -82,6 +85,7 @@ class TablePlane:
     region: np.ndarray
     points: np.ndarray
     candidates: list[PlaneCandidate] = field(default_factory=list)
+    fit_pixels: np.ndarray | None = None
 
     @property
     def normal(self) -> np.ndarray:
@@ -222,11 +226,34 @@ def fit_table_plane(frame: Frame, cfg: GeometricConfig | None = None) -> TablePl
     near = np.flatnonzero((valid & (np.abs(height) < cfg.plane_distance)).ravel())
     if len(near) > _MAX_PLANE_SAMPLES:
         near = near[np.linspace(0, len(near) - 1, _MAX_PLANE_SAMPLES).astype(np.int64)]
+    return _plane_from(pts, valid, near, cfg, None, cands)
+
+
+def _plane_from(pts: np.ndarray, valid: np.ndarray, near: np.ndarray, cfg: GeometricConfig,
+                region: np.ndarray | None, cands: list[PlaneCandidate]) -> TablePlane:
+    """The final least-squares plane on the pixels `near` (flat, ascending) and what follows from it."""
     plane = _fit_ls(pts.reshape(-1, 3)[near].astype(np.float64))
     height = (pts @ plane[:3].astype(np.float32) + np.float32(plane[3])).astype(np.float32)
     # Pixels min_height above the plane belong to objects, even within the RANSAC distance.
     inliers = valid & (np.abs(height) < cfg.plane_distance) & (height <= cfg.min_height)
-    return TablePlane(plane, inliers, height, _table_region(inliers), pts, cands)
+    region = _table_region(inliers) if region is None else region
+    return TablePlane(plane, inliers, height, region, pts, cands, near)
+
+
+def plane_from_fit_pixels(frame: Frame, cfg: GeometricConfig, fit_pixels: np.ndarray,
+                          region: np.ndarray) -> TablePlane:
+    """The TablePlane fit_table_plane gave for this frame, from its fit pixels and table region
+    (TablePlane.fit_pixels, .region): the same coefficients, bit for bit, at the cost of one
+    least-squares fit instead of the RANSAC search. ``candidates`` is empty."""
+    depth = _checked_depth(frame)
+    if region.shape != depth.shape:
+        raise FrameError(f"table region is {region.shape[1]}x{region.shape[0]} but the frame is "
+                         f"{depth.shape[1]}x{depth.shape[0]}")
+    valid = np.isfinite(depth)
+    near = np.asarray(fit_pixels, np.int64)
+    if len(near) < 3 or not valid.ravel()[near].all():
+        raise FrameError("the table plane's fit pixels do not match this frame's valid depth")
+    return _plane_from(_backproject(depth, frame), valid, near, cfg, np.asarray(region, bool), [])
 
 
 def _table_region(inliers: np.ndarray) -> np.ndarray:
@@ -358,25 +385,52 @@ class _UnionFind:
         return a
 
 
+# Packed regions (pack_regions): one uint16 per pixel, so one frame's regions and table plane
+# cross a process boundary as a mono16 image and the segmenter there does not compute them again.
+REGION_ID_MASK = (1 << 14) - 1  # bits 0-13: the region id (0 = table / background)
+TABLE_REGION_BIT = 1 << 14  # the table's image region (TablePlane.region)
+PLANE_FIT_BIT = 1 << 15  # a pixel the table plane was fitted on (TablePlane.fit_pixels)
+
+
 class _Segments:
     """One frame's region structure (see the module docstring): self.labels is the (H, W) int32
     map of object regions 1..N at frame resolution, 0 for table and background."""
 
-    def __init__(self, frame: Frame, cfg: GeometricConfig) -> None:
+    def __init__(self, frame: Frame, cfg: GeometricConfig, packed: np.ndarray | None = None) -> None:
         self.cfg = cfg
         self.frame = frame
-        self.plane = fit_table_plane(frame, cfg)
         H, W = frame.height, frame.width
+        if packed is not None:
+            packed = _check_packed(packed, H, W)
+            self.plane = plane_from_fit_pixels(frame, cfg, np.flatnonzero(packed & PLANE_FIT_BIT),
+                                               (packed & TABLE_REGION_BIT) != 0)
+        else:
+            self.plane = fit_table_plane(frame, cfg)
         self.min_pixels = max(10, int(round(cfg.min_region_pixels * H * W / _REF_PIXELS)))
         self.valid = np.isfinite(self.plane.height)
         self.above = self.valid & (self.plane.height > cfg.min_height) & (self.plane.height < cfg.max_height)
         s = max(1, int(round(min(H, W) / _WORK_SHORT_SIDE)))
         self.stride = s
         self.labels_shape = (H, W)
+        if packed is not None:  # ids 1..N in first-appearance order already (_renumber)
+            self.labels = (packed & REGION_ID_MASK).astype(np.int32)
+            self._slices = ndimage.find_objects(self.labels)
+            return
         work = self._segment_work(s)
         # Back to frame resolution: each pixel takes its working cell's region, and only pixels
         # that rise above the table keep it (holes are filled per mask in mask_of).
         self.labels, self._slices = self._renumber(self._to_full(work, s))
+
+    def packed(self) -> np.ndarray | None:
+        """These regions and table plane as one (H, W) uint16 map (REGION_ID_MASK, TABLE_REGION_BIT,
+        PLANE_FIT_BIT); None when there are too many regions for 14 bits."""
+        n = int(self.labels.max()) if self.labels.size else 0
+        if n > REGION_ID_MASK or self.plane.fit_pixels is None:
+            return None
+        out = self.labels.astype(np.uint16)
+        out[self.plane.region] |= TABLE_REGION_BIT
+        out.ravel()[self.plane.fit_pixels] |= PLANE_FIT_BIT
+        return out
 
     def _to_full(self, work: np.ndarray, s: int) -> np.ndarray:
         """Working-resolution regions at frame resolution: each pixel takes its cell's region;
@@ -996,6 +1050,14 @@ class _Segments:
         return self._slices[lab - 1] if 0 < lab <= len(self._slices) else None
 
 
+def _check_packed(packed: np.ndarray, height: int, width: int) -> np.ndarray:
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint16 or packed.shape != (height, width):
+        raise FrameError(f"packed regions must be a {width}x{height} uint16 map, got shape {packed.shape} "
+                         f"and dtype {packed.dtype.name}")
+    return packed
+
+
 class GeometricSegmenter:
     """Promptable segmenter without weights: the region under each prompt pixel."""
 
@@ -1007,12 +1069,14 @@ class GeometricSegmenter:
         self.source = source
         self._seg: _Segments | None = None
 
-    def set_frame(self, frame: Frame) -> None:
+    def set_frame(self, frame: Frame, packed: np.ndarray | None = None) -> None:
         """The plane fit and region structure: taken from the prompt source when it just
-        computed them for this very frame and config, instead of computing them twice."""
+        computed them for this very frame and config, or rebuilt from `packed` (the prompt
+        source's ``packed()`` regions of this frame, sent by another process), instead of
+        computing them twice."""
         seg = self.source.last_segments if self.source is not None else None
         if seg is None or seg.frame is not frame or seg.cfg != self.cfg:
-            seg = _Segments(frame, self.cfg)
+            seg = _Segments(frame, self.cfg) if packed is None else _Segments(frame, self.cfg, packed)
         self._seg = seg
 
     @property
@@ -1093,6 +1157,11 @@ class GeometricPromptSource:
     def __init__(self, cfg: GeometricConfig | None = None) -> None:
         self.cfg = cfg or GeometricConfig()
         self.last_segments: _Segments | None = None
+
+    def packed_regions(self) -> np.ndarray | None:
+        """The last prompts() call's regions and table plane as a uint16 map (_Segments.packed), for
+        a GeometricSegmenter in another process (``set_frame(frame, packed)``)."""
+        return self.last_segments.packed() if self.last_segments is not None else None
 
     def prompts(self, frame: Frame) -> Prompts:
         cfg = self.cfg

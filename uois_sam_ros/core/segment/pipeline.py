@@ -287,9 +287,22 @@ class UOISPipeline:
         frame.validate(need_depth=self._needs_depth(False), need_intrinsics=self.method == "weights_free")
         return self._prompts(frame, {}, None)
 
-    def run(self, frame: Frame, prompts: Prompts | None = None) -> Instances:
+    def packed_regions(self) -> np.ndarray | None:
+        """The weights-free regions and table plane of the last ``prompts()`` frame as one uint16
+        map (geometric._Segments.packed), or None when the prompt source has none. Split mode sends it with the
+        prompts, so the segmenter of the other process does not compute the regions again."""
+        packed = getattr(self.prompt_source, "packed_regions", None)
+        return packed() if packed is not None else None
+
+    @property
+    def takes_regions(self) -> bool:
+        """``run`` can use the prompt source's packed regions (the weights-free segmenter)."""
+        return self.method == "weights_free" and type(self.segmenter).__name__ == "GeometricSegmenter"
+
+    def run(self, frame: Frame, prompts: Prompts | None = None, regions: np.ndarray | None = None) -> Instances:
         """Instances of one frame; with prompts given, they replace the prompt source's (split mode),
-        and the same selection, NMS and filters follow."""
+        and the same selection, NMS and filters follow. regions: the ``packed_regions()`` of the
+        pipeline that made those prompts for this frame (weights-free only; others ignore it)."""
         if self.segmenter is None:
             raise ConfigError("this pipeline was built without a segmenter (part='prompts'): use prompts()")
         if prompts is None and self.prompt_source is None:
@@ -297,7 +310,7 @@ class UOISPipeline:
         frame.validate(need_depth=self._needs_depth(prompts is not None),
                        need_intrinsics=self.method == "weights_free")
         if self.method == "weights_free":
-            return self._run_weights_free(frame, prompts)
+            return self._run_weights_free(frame, prompts, regions if self.takes_regions else None)
         if self.method in ("grid", "grid_fg") and self.config.pipeline.grid_exact:
             return self._run_grid_exact(frame, prompts)
         return self._run_sam(frame, prompts)
@@ -309,13 +322,16 @@ class UOISPipeline:
         timings.setdefault("postprocess", 0.0)
         return self._finish(out, timings, t0)
 
-    def _embed(self, frame: Frame, timings: dict[str, float]) -> None:
-        """The segmenter's per-frame step (SAM's image embedding), once per frame: skipped when the
-        prompt step already needed it."""
+    def _embed(self, frame: Frame, timings: dict[str, float], regions: np.ndarray | None = None) -> None:
+        """The segmenter's per-frame step (SAM's image embedding, the weights-free regions), once per
+        frame: skipped when the prompt step already needed it."""
         if "embedding" in timings:
             return
         t = time.perf_counter()
-        self.segmenter.set_frame(frame)
+        if regions is not None:
+            self.segmenter.set_frame(frame, regions)
+        else:
+            self.segmenter.set_frame(frame)
         timings["embedding"] = time.perf_counter() - t
 
     def _prompts(self, frame: Frame, timings: dict[str, float], given: Prompts | None) -> Prompts:
@@ -418,7 +434,8 @@ class UOISPipeline:
         timings["postprocess"] = time.perf_counter() - t
         return self._finish(out, timings, t0)
 
-    def _run_weights_free(self, frame: Frame, given: Prompts | None = None) -> Instances:
+    def _run_weights_free(self, frame: Frame, given: Prompts | None = None,
+                          regions: np.ndarray | None = None) -> Instances:
         cfg = self.config
         H, W = frame.height, frame.width
         timings: dict[str, float] = {}
@@ -426,7 +443,7 @@ class UOISPipeline:
         prompts = self._prompts(frame, timings, given)
         if len(prompts) == 0:
             return self._empty(frame, timings, t0)
-        self._embed(frame, timings)
+        self._embed(frame, timings, regions)
         t = time.perf_counter()
         dec = self.segmenter.decode(prompts)
         timings["decode"] = time.perf_counter() - t
