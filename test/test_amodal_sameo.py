@@ -173,3 +173,50 @@ def test_train_amodal_cli_sam_paths(tmp_path, kind):
 
     res = stage.run(Frame(rgb=rgb), Instances(masks=vis, scores=np.ones(1, np.float32)))
     assert res.amodal.shape == vis.shape and not (vis & ~res.amodal).any()
+
+
+def _scene_items(model, seeds: range) -> list:
+    """Rendered scenes with their amodal masks, as SAMEO items with the embedding cached (the
+    encoder is frozen): only scenes with an occluded instance, at most 6 instances each."""
+    from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
+
+    cfg = SceneConfig(width=320, height=240, min_objects=4, max_objects=9)
+    out = []
+    for seed in seeds:
+        s = generate_scene(seed, cfg)
+        vis = np.stack([s.label == i for i in s.ids]) if len(s.ids) else np.zeros((0, 240, 320), bool)
+        keep = [k for k in range(len(s.ids)) if vis[k].sum() >= 60][:6]
+        if not keep or not any((s.amodal[k] & ~vis[k]).any() for k in keep):
+            continue
+        it = prepare_item(model, s.rgb, vis[keep], s.amodal[keep])
+        with torch.no_grad():
+            it.embedding = model.image_encoder(it.image)
+        out.append(it)
+    return out
+
+
+def test_sameo_fine_tune_of_the_shipped_small_sam_raises_heldout_miou_occ():
+    """The issue's test on the small SAM trained here: a short decoder-only fine-tune on rendered
+    occlusions (seeds never used for training or validation) beats the shipped decoder on held-out
+    scenes in mIoU_occ. The long run (README) goes further; this checks the direction with margin."""
+    from uois_sam_ros.core.segment.sam_backend import default_sam_checkpoint, load_sam
+
+    ckpt = default_sam_checkpoint("vit_synth")
+    assert ckpt is not None, "the package ships sam_vit_synth.pt"
+    torch.manual_seed(0)
+    model = load_sam("vit_synth", ckpt).eval()
+    train = _scene_items(model, range(920_000, 920_030))
+    held = _scene_items(model, range(921_000, 921_014))
+    assert len(train) >= 20 and len(held) >= 10
+    before = _miou(model, held)
+    opt = decoder_optimizer(model, lr=2e-4)
+    rng = np.random.default_rng(0)
+    order = np.random.default_rng(0).permutation(len(train))
+    for step in range(45):
+        out = sameo_step(model, opt, [train[order[(4 * step + j) % len(train)]] for j in range(4)], rng)
+        assert np.isfinite(out["loss"])
+    after = _miou(model, held)
+    # measured: 28.4 -> 31.8 (45 steps; 31.8 with another sample order, 32.8 at lr 4e-4)
+    assert after["occluded_instances"] == before["occluded_instances"] >= 30
+    assert after["mIoU_occ"] > before["mIoU_occ"] + 2.0, (before, after)
+    assert after["mIoU_full"] > before["mIoU_full"] - 1.0, (before, after)

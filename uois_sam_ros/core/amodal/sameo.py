@@ -53,6 +53,9 @@ class AmodalItem:
     original_hw: tuple[int, int]
     visible: np.ndarray  # (K, h_in, w_in) bool
     amodal: np.ndarray  # (K, h_in, w_in) bool
+    # the image encoder's output, when the caller caches it: only the decoder trains, so an
+    # unchanged image need not be encoded again every step
+    embedding: torch.Tensor | None = None
 
 
 def prepare_image(model: nn.Module, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -191,8 +194,11 @@ def sameo_step(model: nn.Module, optimizer: torch.optim.Optimizer, items: list[A
     for item in items:
         if len(item.amodal) == 0:
             continue
-        with torch.no_grad():
-            emb = model.image_encoder(item.image)
+        if item.embedding is not None:
+            emb = item.embedding
+        else:
+            with torch.no_grad():
+                emb = model.image_encoder(item.image)
         boxes = torch.from_numpy(pick_boxes(item.visible, item.amodal, rng, modal_prob)).to(emb.device)
         gt, grid = item_targets(model, item)
         logits, iou = decode_boxes(model, emb, boxes)
@@ -218,6 +224,8 @@ def predict_item(model: nn.Module, item: AmodalItem, boxes: np.ndarray | None = 
     h, w = item.input_hw
     if k == 0:
         return np.zeros((0, h, w), bool), np.zeros(0, np.float32)
+    if embedding is None:
+        embedding = item.embedding
     emb = model.image_encoder(item.image) if embedding is None else embedding
     b = mask_boxes(item.visible) if boxes is None else np.asarray(boxes, np.float32)
     logits, iou = decode_boxes(model, emb, torch.from_numpy(b).to(emb.device))
