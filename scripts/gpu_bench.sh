@@ -140,6 +140,9 @@ bench() {  # bench VENV ARGS...: from a neutral directory, so the installed copy
     (cd / && "$venv/bin/uois-sam-bench" stages "$@")
 }
 
+# sourced (scripts/gpu_train_sam.sh sources it for the install above): the functions only
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then return 0; fi
+
 case "$MODE" in
 prepare)
     prepare

@@ -23,6 +23,11 @@ round-0 point loss above, val_miou the IoU of the mask SAM's IoU head picks amon
 val_miou_oracle the best of the 3 (IoUs on the same 2x low-res grid). The untrained model is
 scored on the same prompts before the first step; the run keeps the best-val_loss checkpoint.
 
+--init CKPT starts from a vit_synth checkpoint's weights (its arch) with a fresh optimizer and this
+run's schedule: a short run on a lent GPU continues the shipped model instead of starting over (a
+--resume state holds the optimizer too, but is 3x the checkpoint's size and tied to its old run).
+Then the step-0 validation ('untrained' in the log and sidecar) scores the init checkpoint.
+
 AdamW with a linear warm-up then cosine decay, gradient clipping. Augmentation: random crop
 (zoom in), horizontal flip, colour jitter, sensor noise and blur.
 """
@@ -53,8 +58,10 @@ from uois_sam_ros.core.segment.sam_backend import (
     VIT_SYNTH_ARCH,
     build_vit_synth,
     check_synth_arch,
+    read_sam_synth,
     save_sam_synth,
 )
+from uois_sam_ros.core.weights import CheckpointError, sha256_file
 from uois_sam_ros.training.common import (
     CsvLog,
     HelpFormatter,
@@ -579,25 +586,49 @@ def write_sidecar(out: Path, arch: dict, s: Settings, info: dict[str, Any]) -> P
     """out.json next to the checkpoint: how it was trained and what it scores (hpg_cnn_rgbd.json's style)."""
     side = out.with_suffix(".json")
     model = build_vit_synth(arch)
+    init = (info.get("training") or {}).get("init")
+    how = (f"fine-tuned from {init} (--init: its weights, a fresh optimizer and schedule)" if init
+           else "trained from scratch")
+    before = ("the --init checkpoint" if init else "the same architecture at its initial weights")
     doc = {"checkpoint": out.name, "model_type": "vit_synth", "arch": arch,
            "parameters": sum(p.numel() for p in model.parameters()),
            "bytes": out.stat().st_size if out.is_file() else None, **info,
            "settings": asdict(s),
            "notes": ("segment-anything's Sam (ImageEncoderViT, PromptEncoder, MaskDecoder with TwoWayTransformer) "
-                     "trained from scratch by uois-sam-train-sam; val_loss = 20 focal + dice (min over the 3 "
+                     f"{how} by uois-sam-train-sam; val_loss = 20 focal + dice (min over the 3 "
                      "multimask outputs) + IoU-head MSE for one positive point per instance; val_miou = IoU of "
-                     "the mask the IoU head picks, on the 2x low-res grid; 'untrained' = the same architecture "
-                     "at its initial weights, same images and prompts, measured in the same run")}
+                     f"the mask the IoU head picks, on the 2x low-res grid; 'untrained' = {before}, "
+                     "same images and prompts, measured in the same run")}
     side.write_text(json.dumps(doc, indent=1))
     return side
+
+
+def read_init(path: str | Path) -> tuple[dict, dict]:
+    """(arch, state dict) of an --init checkpoint; a missing or unreadable file is a TrainingError."""
+    try:
+        arch, state, _ = read_sam_synth(path, "--init")
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
+    return arch, state
+
+
+def arch_difference(have: dict, want: dict) -> str:
+    """'key: have -> want' for each architecture size that differs (for one-line errors)."""
+    return ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(have) | set(want))
+                     if have.get(k) != want.get(k))
 
 
 def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: str | Path, *,
               arch: dict | None = None, settings: Settings | None = None, device: str = "cpu",
               resume: bool = False, log: str | Path | None = None, max_minutes: float = 0.0,
-              meta: dict | None = None, progress: bool = True, dist: DistContext | None = None) -> dict:
+              meta: dict | None = None, progress: bool = True, dist: DistContext | None = None,
+              init: str | Path | None = None) -> dict:
     """Train vit_synth; the best validation checkpoint goes to out (+ out.json), the resume state to
     work_dir/last.pt every save_every steps. Returns a summary.
+
+    init: a vit_synth checkpoint (save_sam_synth) whose weights the run starts from; its arch is the
+    run's (an arch given as well must equal it), the optimizer and schedule are this run's own. The
+    path and its sha256 go into meta (and the resume state, so a resumed run still records them).
 
     max_minutes > 0 is a wall-clock budget for the whole run, resumed parts included: training
     stops when it is spent and the cosine decay ends there if that comes before max_steps.
@@ -619,6 +650,17 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
     log_path = Path(log) if log else work / "train_log.csv"
     dev = pick_device(device)
     meta = dict(meta or {})
+    init_state = None
+    if init is not None:
+        if resume:
+            raise TrainingError("--init starts a new run from a checkpoint's weights; --resume continues a "
+                                "saved state: give one of them")
+        init_arch, init_state = read_init(init)
+        if arch is not None and check_synth_arch(arch) != init_arch:
+            raise TrainingError(f"--init {init}: its arch differs from the one asked for: "
+                                f"{arch_difference(init_arch, check_synth_arch(arch))}")
+        arch = init_arch
+        meta["init"], meta["init_sha256"] = str(init), sha256_file(init)
     if resume and not state_path.is_file():
         ctx.raise_any(f"--resume: no training state at {state_path}")
     elif not resume and state_path.is_file():
@@ -634,11 +676,20 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
         saved = Settings(**{f.name: st["settings"][f.name] for f in fields(Settings) if f.name in st["settings"]})
         saved.max_steps = max(saved.max_steps, s.max_steps)
         s = saved
+        for k, v in (st.get("init") or {}).items():  # the weights the resumed run started from
+            meta.setdefault(k, v)
     else:
         arch = check_synth_arch(dict(VIT_SYNTH_ARCH) if arch is None else arch)
     ctx.check_divisible(s.batch_size, "--batch-size")  # a resumed run's batch comes from its state
     torch.manual_seed(s.seed)
-    model = build_vit_synth(arch).to(dev)
+    model = build_vit_synth(arch)
+    if init_state is not None:
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as e:
+            raise TrainingError(f"--init {init}: its weights do not fit its own arch: "
+                                f"{str(e).splitlines()[0]}") from None
+    model = model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.999))
     step, best, best_step, untrained, history, prior_s = 0, math.inf, -1, None, [], 0.0
     if resume:
@@ -669,7 +720,8 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
         tmp = state_path.with_name(state_path.name + ".tmp")
         torch.save({"version": STATE_VERSION, "arch": arch, "settings": asdict(s), "step": step, "best": best,
                     "best_step": best_step, "untrained": untrained, "history": history, "seconds": elapsed(),
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "train_images": n}, tmp)
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "train_images": n,
+                    "init": {k: meta[k] for k in ("init", "init_sha256") if k in meta}}, tmp)
         tmp.replace(state_path)
 
     def sidecar() -> None:
@@ -711,7 +763,8 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
     if untrained is None:  # the untrained model on the same images and prompts, before any step
         untrained = evaluate(model, val, s, dev, progress, dist=ctx)
         if progress:
-            print(f"untrained: val loss {untrained['val_loss']:.4f} mIoU {untrained['val_miou']:.3f}", file=sys.stderr)
+            print(f"{'init' if 'init' in meta else 'untrained'}: val loss {untrained['val_loss']:.4f} "
+                  f"mIoU {untrained['val_miou']:.3f}", file=sys.stderr)
         if csv_log:
             csv_log.write({"step": 0, "epoch": 0.0, "images": 0, "lr": 0.0, "val_loss": untrained["val_loss"],
                            "val_miou": untrained["val_miou"], "val_miou_oracle": untrained["val_miou_oracle"],
@@ -806,6 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--arch", help="JSON object overriding vit_synth sizes, e.g. '{\"depth\": 4, "
                    "\"global_attn_indexes\": [1, 3]}' (default: VIT_SYNTH_ARCH)")
+    m.add_argument("--init", help="start from this vit_synth checkpoint's weights and arch (a fresh optimizer "
+                   "and schedule; --arch, when given, must agree with it; not with --resume)")
     t = p.add_argument_group("training")
     dflt = Settings()
     t.add_argument("--max-steps", type=int, default=dflt.max_steps, help="optimiser steps (end of the cosine decay)")
@@ -875,7 +930,10 @@ def main(argv: list[str] | None = None) -> int:
         dev = str(ctx.device)
         if a.threads > 0:
             torch.set_num_threads(a.threads)
-        arch = dict(VIT_SYNTH_ARCH)
+        if a.init and a.resume:
+            raise TrainingError("--init starts a new run from a checkpoint's weights; --resume continues a "
+                                "saved state: give one of them")
+        over: dict = {}
         if a.arch:
             try:
                 over = json.loads(a.arch)
@@ -883,11 +941,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise TrainingError(f"--arch is not JSON: {e}") from None
             if not isinstance(over, dict):
                 raise TrainingError("--arch must be a JSON object of vit_synth sizes")
-            arch.update(over)
+        # with --init the checkpoint's arch is the base, and --arch may only repeat it
+        base = read_init(a.init)[0] if a.init else dict(VIT_SYNTH_ARCH)
         try:
-            arch = check_synth_arch(arch, "--arch")
+            arch = check_synth_arch({**base, **over}, "--arch")
         except ValueError as e:
             raise TrainingError(str(e)) from None
+        if a.init and arch != base:
+            raise TrainingError(f"--arch conflicts with the arch of --init {a.init}: {arch_difference(base, arch)}")
         ctx.check_divisible(a.batch_size, "--batch-size")
         train, val = _load_sources(a)
         ctx.check_same("the training / validation image counts", (len(train), len(val)))
@@ -910,12 +971,14 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.enabled:
             meta["world_size"] = ctx.world_size
         res = train_sam(train, val, a.out, a.work_dir, arch=arch, settings=s, device=dev, resume=a.resume,
-                        log=a.log, max_minutes=a.max_minutes, meta=meta, progress=not a.quiet, dist=ctx)
+                        log=a.log, max_minutes=a.max_minutes, meta=meta, progress=not a.quiet, dist=ctx,
+                        init=a.init)
         u = res["untrained"]
         best = next((h for h in res["history"] if h["step"] == res["best_step"]), None)
         if best and ctx.is_main:
             print(f"best validation loss {best['val_loss']:.4f} mIoU {best['val_miou']:.3f} at step {res['best_step']} "
-                  f"(untrained: {u['val_loss']:.4f} / {u['val_miou']:.3f}); checkpoint {res['checkpoint']}")
+                  f"({'init' if a.init else 'untrained'}: {u['val_loss']:.4f} / {u['val_miou']:.3f}); "
+                  f"checkpoint {res['checkpoint']}")
         ok = True
     except (TrainingError, ValueError, FileNotFoundError) as e:
         line = error_line("uois-sam-train-sam", e, ctx)
