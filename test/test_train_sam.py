@@ -11,6 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import threading
+import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -367,3 +370,167 @@ def test_image_without_promptable_instances_gives_no_loss():
     speck = empty.copy()
     speck[5, 5] = 3  # one pixel: below min_area
     assert train_sam_mod.image_loss(model, emb, speck, rng, s, torch.device("cpu")) == (None, {})
+
+
+# ---------------------------------------------------------------------------- background batches
+# Batches made ahead in worker threads (--prefetch, --loader-threads) must give the serial loop's
+# training exactly, surface a worker's error as the trainer's, and leave no thread behind.
+@pytest.fixture(scope="module")
+def small_sets():
+    train = train_sam_mod.synthetic_source(5, 0, 160, 120)
+    val = train_sam_mod.synthetic_source(2, 10_000_000, 160, 120)
+    return train, val
+
+
+def _settings(steps, **kw):
+    return train_sam_mod.Settings(**{"prompts": 4, "rounds": 1, "batch_size": 2, "lr": 2e-3, "warmup": 100,
+                                     "max_steps": steps, "val_every": 2, "save_every": 2, **kw})
+
+
+def _run(sets, work, steps, resume=False, **kw):
+    train, val = sets
+    train_sam_mod.train_sam(train, val, work / "sam.pt", work, arch=TINY, settings=_settings(steps), device="cpu",
+                            resume=resume, progress=False, **kw)
+    return torch.load(work / "last.pt", weights_only=True)
+
+
+def _same_state(a, b):
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+
+
+def _no_batch_threads():
+    return not [t for t in threading.enumerate() if t.name.startswith(train_sam_mod.PREFETCH_THREAD)]
+
+
+def test_prefetched_batches_equal_the_serial_ones(small_sets):
+    train, _ = small_sets
+    s = _settings(8, box_prob=0.5)
+    cache: dict = {}
+
+    def make(k, idx, stop):
+        return train_sam_mod.prepare_step(train, k, idx, s, 128, 32, stop)
+
+    def indices(k):
+        return train_sam_mod._image_indices(k, s.batch_size, len(train), s.seed, cache)
+
+    serial = [make(k, indices(k), None) for k in range(8)]
+    with train_sam_mod.BatchPrefetcher(make, indices, 0, 8, depth=3, threads=2) as pf:
+        ahead = [pf.get(k) for k in (0, 1, 2, 5, 6, 7)]  # a jump (as after a resume) starts over
+    assert _no_batch_threads()
+    for a in ahead:
+        b = serial[a.step]
+        assert all(np.array_equal(x, y) for ab, bb in zip(a.batch, b.batch) for x, y in zip(ab, bb))
+        assert len(a.plans) == len(b.plans) == 2
+        for pa, pb in zip(a.plans, b.plans):
+            assert (pa is None) == (pb is None)
+            if pa is not None:
+                assert pa.grid == pb.grid and np.array_equal(pa.ids, pb.ids) and np.array_equal(pa.gt, pb.gt)
+                assert np.array_equal(pa.points, pb.points) and np.array_equal(pa.boxes, pb.boxes, equal_nan=True)
+    # the serial loop's own stream: augmentation of every image in order, then every image's plan
+    rng = np.random.default_rng([s.seed, 3])
+    batch = [prepare_image(*train[i], 128, rng) for i in indices(3)]
+    plans = [train_sam_mod.plan_prompts(lab, rng, s, 128, 32) for _, lab in batch]
+    assert np.array_equal(batch[1][0], serial[3].batch[1][0])
+    assert np.array_equal(plans[1].points, serial[3].plans[1].points)
+
+
+def test_prefetch_trains_exactly_as_the_serial_loop(small_sets, tmp_path):
+    serial = _run(small_sets, tmp_path / "serial", 4, prefetch=0)
+    _same_state(serial, _run(small_sets, tmp_path / "ahead", 4, prefetch=1))
+    _same_state(serial, _run(small_sets, tmp_path / "pool", 4, prefetch=3, loader_threads=2))
+    rows = [_rows(tmp_path / d / "train_log.csv") for d in ("serial", "ahead", "pool")]
+    assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]] == [r["train_loss"] for r in rows[2]]
+    assert _no_batch_threads()
+
+
+def test_resume_with_prefetch_equals_an_uninterrupted_serial_run(small_sets, tmp_path):
+    # warm-up longer than the run: the lr of a step does not depend on max_steps, which a resume raises
+    straight = _run(small_sets, tmp_path / "straight", 4, prefetch=0)
+    _run(small_sets, tmp_path / "parts", 2, prefetch=2)
+    _same_state(straight, _run(small_sets, tmp_path / "parts", 4, resume=True, prefetch=2))
+    assert _no_batch_threads()
+
+
+def _within(fn, seconds=60.0):
+    """fn()'s exception (or None) from a daemon thread, so that a hang fails the test instead of the suite."""
+    box: list = []
+
+    def target():
+        try:
+            fn()
+            box.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box.append(e)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "the trainer hung"
+    return box[0]
+
+
+def test_an_error_while_preparing_a_batch_is_the_trainers_error(small_sets, tmp_path):
+    train, val = small_sets
+
+    def broken(exc):
+        def get(i):
+            if i == 3:
+                raise exc
+            return train[i]
+        return train_sam_mod.ImageSource("broken", len(train), get)
+
+    def run(src, work, **kw):
+        return partial(train_sam_mod.train_sam, src, val, work / "sam.pt", work, arch=TINY, settings=_settings(8),
+                       progress=False, **kw)
+
+    for k, (prefetch, threads) in enumerate([(1, 1), (3, 2)]):
+        e = _within(run(broken(train_sam_mod.TrainingError("image 3 is unreadable")), tmp_path / f"w{k}",
+                        prefetch=prefetch, loader_threads=threads))
+        assert isinstance(e, train_sam_mod.TrainingError) and str(e) == "image 3 is unreadable"
+        assert _no_batch_threads()
+    # anything else propagates unchanged, as it does from the serial loop
+    e = _within(run(broken(RuntimeError("boom")), tmp_path / "wr", prefetch=2))
+    assert isinstance(e, RuntimeError) and str(e) == "boom"
+    assert _no_batch_threads()
+
+
+def test_cli_reports_an_unreadable_image_met_by_the_prefetcher(tmp_path, capsys):
+    from uois_sam_ros.core.data.synthetic import SceneConfig, write_uoais_dataset
+
+    data = tmp_path / "data"
+    write_uoais_dataset(data, 5, 0, SceneConfig(width=160, height=120))
+    (data / "color" / "000002.png").unlink()
+    args = ["--data", str(data), "--val-synthetic", "2", "--width", "160", "--height", "120", "--arch", json.dumps(TINY),
+            "--max-steps", "8", "--batch-size", "2", "--prompts", "4", "--val-every", "8", "--device", "cpu",
+            "--threads", "1", "--quiet", "--out", str(tmp_path / "x.pt"), "--work-dir", str(tmp_path / "w"),
+            "--prefetch", "2", "--loader-threads", "2"]
+    box: list = []
+    assert _within(lambda: box.append(train_sam_mod.main(args))) is None
+    assert box == [2]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "cannot read colour image" in err[-1] and "000002.png" in err[-1], err
+    assert _no_batch_threads()
+    assert train_sam_mod.main(args[:-4] + ["--prefetch", "-1"]) == 2
+    assert "--prefetch must be >= 0" in capsys.readouterr().err
+
+
+def test_closing_the_prefetcher_does_not_wait_for_a_whole_batch():
+    slow = train_sam_mod.ImageSource("slow", 8, lambda i: (time.sleep(0.2), (np.zeros((32, 32, 3), np.uint8),
+                                                                         np.zeros((32, 32), np.int64)))[1])
+    s = train_sam_mod.Settings(batch_size=8, augment=False)
+
+    def make(k, idx, stop):
+        return train_sam_mod.prepare_step(slow, k, idx, s, 32, 8, stop)
+
+    pf = train_sam_mod.BatchPrefetcher(make, lambda k: list(range(8)), 0, 10, depth=2, threads=2)
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    pf.close()
+    assert time.perf_counter() - t0 < 0.6  # a batch takes 1.6 s: the workers stopped at their next image
+    assert _no_batch_threads()

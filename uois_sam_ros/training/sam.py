@@ -30,6 +30,11 @@ Then the step-0 validation ('untrained' in the log and sidecar) scores the init 
 
 AdamW with a linear warm-up then cosine decay, gradient clipping. Augmentation: random crop
 (zoom in), horizontal flip, colour jitter, sensor noise and blur.
+
+--prefetch N prepares the next N steps' batches (reads, augmentation, prompt plans: ~30 ms of CPU per
+image) in background threads while the model trains on the current one, so a GPU does not wait for
+the CPU. A step's batch depends only on its step number, so the results equal the serial loop's
+(--prefetch 0) exactly; corrective clicks depend on the model's masks and stay in the loop.
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ import json
 import math
 import shlex
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -511,15 +519,20 @@ def _shard_loss(model: Sam, images: list[np.ndarray], plans: list[PromptPlan], n
 
 
 def shard_train_step(model: Sam, step: torch.nn.Module, opt: torch.optim.Optimizer,
-                     batch: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, s: Settings,
-                     device: torch.device, ctx: DistContext) -> dict[str, float] | None:
+                     batch: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator | None, s: Settings,
+                     device: torch.device, ctx: DistContext, plans: list[PromptPlan | None] | None = None
+                     ) -> dict[str, float] | None:
     """One optimiser step on a prepared global batch, this process encoding and decoding its
     ctx.shard of it. Every process draws every image's plan from rng in order (the single-process
     stream), so all know which images have a loss; None when none has (the step is skipped
-    everywhere, as one process would). Returns the global batch's mean loss and its terms."""
-    img = int(model.image_encoder.img_size)
-    lowres = int(model.prompt_encoder.mask_input_size[0])
-    plans = [plan_prompts(lab, rng, s, img, lowres) for _, lab in batch]
+    everywhere, as one process would). plans: already drawn that way (prepare_step), rng unused.
+    Returns the global batch's mean loss and its terms."""
+    if plans is None:
+        if rng is None:
+            raise ValueError("shard_train_step needs the step's rng or its plans")
+        img = int(model.image_encoder.img_size)
+        lowres = int(model.prompt_encoder.mask_input_size[0])
+        plans = [plan_prompts(lab, rng, s, img, lowres) for _, lab in batch]
     n_valid = sum(p is not None for p in plans)
     if n_valid == 0:
         return None
@@ -582,6 +595,109 @@ def _image_indices(step: int, batch: int, n: int, seed: int, cache: dict[int, np
     return out
 
 
+@dataclass
+class StepBatch:
+    """Everything of one step that does not depend on the model: the augmented images (rgb, label
+    at the encoder's input size) and each image's prompt plan (None: nothing to prompt in it)."""
+
+    step: int
+    batch: list[tuple[np.ndarray, np.ndarray]]
+    plans: list[PromptPlan | None]
+
+
+class PrefetchStopped(Exception):
+    """Raised inside a worker when the prefetcher closes mid-batch; it never reaches the trainer."""
+
+
+def prepare_step(train: ImageSource, step: int, indices: list[int], s: Settings, img_size: int, lowres: int,
+                 stop: threading.Event | None = None) -> StepBatch:
+    """The batch of one step, drawn exactly as the serial loop always drew it: one stream
+    np.random.default_rng([seed, step]) for the augmentation of every image in order, then for every
+    image's prompt plan in order (the corrective rounds draw nothing). It depends only on step and
+    indices, so it may be made ahead and in any thread. stop: checked between images so a closing
+    prefetcher does not wait for a whole batch."""
+    rng = np.random.default_rng([s.seed, step])
+    batch = []
+    for i in indices:
+        if stop is not None and stop.is_set():
+            raise PrefetchStopped
+        batch.append(prepare_image(*train[i], img_size, rng if s.augment else None))
+    plans = []
+    for _, lab in batch:
+        if stop is not None and stop.is_set():
+            raise PrefetchStopped
+        plans.append(plan_prompts(lab, rng, s, img_size, lowres))
+    return StepBatch(step, batch, plans)
+
+
+PREFETCH_THREAD = "uois-sam-batch"  # worker thread names (tests look for leftovers)
+
+
+class BatchPrefetcher:
+    """The batches of the coming steps, made in background threads while the model trains.
+
+    Why: on a GPU the CPU side of a step (reading, augmenting, planning prompts: ~30 ms per image)
+    would leave the device idle. A batch depends only on its step (prepare_step), so a batch made
+    ahead equals the serial one. The images of a step draw from one sequential stream, so one
+    thread makes a whole batch (splitting its images would change the draws); with threads > 1
+    the threads work on different steps. depth 0: no thread, each batch is made when asked for.
+    make(step, indices, stop) builds a batch in a worker; indices(step) runs in the caller's thread
+    (its permutation cache is not shared). An exception of a worker is raised by get() of its step,
+    unchanged, as the serial loop would raise it; close() (or leaving the with block) cancels the
+    batches not started, stops the running ones at the next image and joins the threads."""
+
+    def __init__(self, make: Callable[[int, list[int], threading.Event], StepBatch],
+                 indices: Callable[[int], list[int]], first: int, end: int, depth: int = 1,
+                 threads: int = 1) -> None:
+        if depth < 0 or threads < 1:
+            raise TrainingError(f"--prefetch must be >= 0 and --loader-threads >= 1, got {depth} and {threads}")
+        self._make, self._indices, self._end, self.depth = make, indices, end, depth
+        self._stop = threading.Event()
+        self._pending: deque[tuple[int, Future[StepBatch]]] = deque()
+        self._pool = (ThreadPoolExecutor(max_workers=min(threads, depth), thread_name_prefix=PREFETCH_THREAD)
+                      if depth > 0 else None)
+        self._fill(first)
+
+    def _fill(self, nxt: int) -> None:
+        """Queue the steps after the pending ones (from nxt when none is) up to depth, before end."""
+        if self._pool is None:
+            return
+        if self._pending:
+            nxt = self._pending[-1][0] + 1
+        while len(self._pending) < self.depth and nxt < self._end:
+            self._pending.append((nxt, self._pool.submit(self._make, nxt, self._indices(nxt), self._stop)))
+            nxt += 1
+
+    def _drop(self) -> None:
+        while self._pending:
+            self._pending.popleft()[1].cancel()
+
+    def get(self, step: int) -> StepBatch:
+        """The batch of step; it re-raises the exception that making it raised."""
+        if self._pool is not None and self._pending and self._pending[0][0] != step:
+            self._drop()  # not the step that was expected next: start over from it
+        self._fill(step)
+        if not self._pending:  # serial, or a step at or past end
+            return self._make(step, self._indices(step), self._stop)
+        fut = self._pending.popleft()[1]
+        self._fill(step + 1)  # the next ones start before this one is waited for
+        return fut.result()
+
+    def close(self) -> None:
+        """Cancel what is queued, stop what runs at its next image, join the threads."""
+        self._stop.set()
+        self._drop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> BatchPrefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_sidecar(out: Path, arch: dict, s: Settings, info: dict[str, Any]) -> Path:
     """out.json next to the checkpoint: how it was trained and what it scores (hpg_cnn_rgbd.json's style)."""
     side = out.with_suffix(".json")
@@ -622,7 +738,7 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
               arch: dict | None = None, settings: Settings | None = None, device: str = "cpu",
               resume: bool = False, log: str | Path | None = None, max_minutes: float = 0.0,
               meta: dict | None = None, progress: bool = True, dist: DistContext | None = None,
-              init: str | Path | None = None) -> dict:
+              init: str | Path | None = None, prefetch: int = 1, loader_threads: int = 1) -> dict:
     """Train vit_synth; the best validation checkpoint goes to out (+ out.json), the resume state to
     work_dir/last.pt every save_every steps. Returns a summary.
 
@@ -633,7 +749,9 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
     max_minutes > 0 is a wall-clock budget for the whole run, resumed parts included: training
     stops when it is spent and the cosine decay ends there if that comes before max_steps.
     dist: several processes (see training.dist): batch_size is the global batch, device is
-    dist.device, rank 0 writes the files; the clock of the budget is the slowest process's."""
+    dist.device, rank 0 writes the files; the clock of the budget is the slowest process's.
+    prefetch: batches made ahead in loader_threads background threads (BatchPrefetcher), 0 = made
+    in the loop; the result is the same either way (every process makes the whole global batch)."""
     from tqdm import tqdm
 
     ctx = dist or DistContext()
@@ -643,6 +761,8 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
         raise TrainingError("training and validation sets must both be non-empty")
     if s.batch_size < 1 or s.prompts < 1 or s.rounds < 0 or s.max_steps < 1:
         raise TrainingError("--batch-size, --prompts and --max-steps must be >= 1 and --rounds >= 0")
+    if prefetch < 0 or loader_threads < 1:
+        raise TrainingError(f"--prefetch must be >= 0 and --loader-threads >= 1, got {prefetch} and {loader_threads}")
     ctx.check_divisible(s.batch_size, "--batch-size")
     out, work = Path(out), Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -760,75 +880,82 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
                   f"{v['val_miou_oracle']:.3f}){' (best)' if improved else ''}", file=sys.stderr)
         return v
 
-    if untrained is None:  # the untrained model on the same images and prompts, before any step
-        untrained = evaluate(model, val, s, dev, progress, dist=ctx)
-        if progress:
-            print(f"{'init' if 'init' in meta else 'untrained'}: val loss {untrained['val_loss']:.4f} "
-                  f"mIoU {untrained['val_miou']:.3f}", file=sys.stderr)
-        if csv_log:
-            csv_log.write({"step": 0, "epoch": 0.0, "images": 0, "lr": 0.0, "val_loss": untrained["val_loss"],
-                           "val_miou": untrained["val_miou"], "val_miou_oracle": untrained["val_miou_oracle"],
-                           "best": 0, "seconds": 0.0})
-        save_state()
+    lowres = int(model.prompt_encoder.mask_input_size[0])
     perm_cache: dict[int, np.ndarray] = {}
-    sums = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "iou_mse": 0.0}
-    n_steps, imgs, t_win = 0, 0, time.time()
-    bar = tqdm(total=s.max_steps, initial=step, desc="train vit_synth", unit="step", file=sys.stderr,
-               disable=not progress)
-    while step < s.max_steps and not (budget_s > 0 and clock() >= budget_s):
-        model.train()
-        rng = np.random.default_rng([s.seed, step])
-        # every process prepares the whole global batch: the augmentation draws from one stream
-        batch = [prepare_image(*train[i], img_size, rng if s.augment else None)
-                 for i in _image_indices(step, s.batch_size, n, s.seed, perm_cache)]
-        lr = lr_at(step, s, clock(), budget_s)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        if step_fn is not None:
-            done_step = shard_train_step(model, step_fn, opt, batch, rng, s, dev, ctx)
-            if done_step is not None:
-                for k in sums:
-                    sums[k] += done_step[k]
+    # the first batches are made during the step-0 validation already
+    batches = BatchPrefetcher(lambda k, idx, stop: prepare_step(train, k, idx, s, img_size, lowres, stop),
+                              lambda k: _image_indices(k, s.batch_size, n, s.seed, perm_cache),
+                              step, s.max_steps, prefetch, loader_threads)
+    try:
+        if untrained is None:  # the untrained model on the same images and prompts, before any step
+            untrained = evaluate(model, val, s, dev, progress, dist=ctx)
+            if progress:
+                print(f"{'init' if 'init' in meta else 'untrained'}: val loss {untrained['val_loss']:.4f} "
+                      f"mIoU {untrained['val_miou']:.3f}", file=sys.stderr)
+            if csv_log:
+                csv_log.write({"step": 0, "epoch": 0.0, "images": 0, "lr": 0.0, "val_loss": untrained["val_loss"],
+                               "val_miou": untrained["val_miou"], "val_miou_oracle": untrained["val_miou_oracle"],
+                               "best": 0, "seconds": 0.0})
+            save_state()
+        sums = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "iou_mse": 0.0}
+        n_steps, imgs, t_win = 0, 0, time.time()
+        bar = tqdm(total=s.max_steps, initial=step, desc="train vit_synth", unit="step", file=sys.stderr,
+                   disable=not progress)
+        while step < s.max_steps and not (budget_s > 0 and clock() >= budget_s):
+            model.train()
+            # every process prepares the whole global batch (prepare_step: one seeded stream per step)
+            prepared = batches.get(step)
+            batch = prepared.batch
+            lr = lr_at(step, s, clock(), budget_s)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if step_fn is not None:
+                done_step = shard_train_step(model, step_fn, opt, batch, None, s, dev, ctx, plans=prepared.plans)
+                if done_step is not None:
+                    for k in sums:
+                        sums[k] += done_step[k]
+                    n_steps += 1
+                batch_losses = []
+            else:
+                emb = encode(model, [b[0] for b in batch], dev)
+                batch_losses, parts = [], []
+                for j, plan in enumerate(prepared.plans):
+                    if plan is not None:  # as image_loss, with the plan drawn ahead
+                        loss, p = plan_loss(model, emb[j:j + 1], plan, s, dev)
+                        batch_losses.append(loss)
+                        parts.append(p)
+            if batch_losses:
+                total = torch.stack(batch_losses).mean()
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                if s.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
+                opt.step()
+                sums["loss"] += float(total.detach())
+                for k in ("focal", "dice", "iou_mse"):
+                    sums[k] += float(np.mean([p[k] for p in parts]))
                 n_steps += 1
-            batch_losses = []
-        else:
-            emb = encode(model, [b[0] for b in batch], dev)
-            batch_losses, parts = [], []
-            for j, (_, lab) in enumerate(batch):
-                loss, p = image_loss(model, emb[j:j + 1], lab, rng, s, dev)
-                if loss is not None:
-                    batch_losses.append(loss)
-                    parts.append(p)
-        if batch_losses:
-            total = torch.stack(batch_losses).mean()
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if s.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
-            opt.step()
-            sums["loss"] += float(total.detach())
-            for k in ("focal", "dice", "iou_mse"):
-                sums[k] += float(np.mean([p[k] for p in parts]))
-            n_steps += 1
-        imgs += len(batch)
-        step += 1
-        el = time.time() - t_win
-        bar.update(1)
-        bar.set_postfix(loss=f"{sums['loss'] / max(n_steps, 1):.3f}", img_s=f"{imgs / max(el, 1e-9):.2f}", lr=f"{lr:.1e}")
-        out_of_time = budget_s > 0 and clock() >= budget_s
-        done = step >= s.max_steps or out_of_time
-        if step % s.val_every == 0 or done:
-            validate(sums, n_steps, el, imgs)
-            sums = dict.fromkeys(sums, 0.0)
-            n_steps, imgs, t_win = 0, 0, time.time()
-            save_state()
-        elif step % s.save_every == 0:
-            save_state()
-        if done:
-            if out_of_time and progress:
-                print(f"time budget of {max_minutes:g} min reached after step {step}", file=sys.stderr)
-            break
-    bar.close()
+            imgs += len(batch)
+            step += 1
+            el = time.time() - t_win
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / max(n_steps, 1):.3f}", img_s=f"{imgs / max(el, 1e-9):.2f}", lr=f"{lr:.1e}")
+            out_of_time = budget_s > 0 and clock() >= budget_s
+            done = step >= s.max_steps or out_of_time
+            if step % s.val_every == 0 or done:
+                validate(sums, n_steps, el, imgs)
+                sums = dict.fromkeys(sums, 0.0)
+                n_steps, imgs, t_win = 0, 0, time.time()
+                save_state()
+            elif step % s.save_every == 0:
+                save_state()
+            if done:
+                if out_of_time and progress:
+                    print(f"time budget of {max_minutes:g} min reached after step {step}", file=sys.stderr)
+                break
+        bar.close()
+    finally:
+        batches.close()  # also on an error or Ctrl-C: no thread outlives the run
     if best_step >= 0 and ctx.is_main and out.is_file():
         sidecar()  # the final step count and the whole validation history
     return {"best_val_loss": best, "best_step": best_step, "steps": step, "untrained": untrained,
@@ -887,6 +1014,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue from WORK_DIR/last.pt")
     o.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     o.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    o.add_argument("--prefetch", type=int, default=1,
+                   help="batches (images, augmentation, prompt plans) prepared ahead in background threads while "
+                   "the model trains, so a GPU need not wait for the CPU; 0 = in the loop. Same results either way")
+    o.add_argument("--loader-threads", type=int, default=1,
+                   help="threads preparing the --prefetch batches, each a whole batch of its own step (a step's "
+                   "images draw from one random stream), so at most --prefetch of them are busy")
     o.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling, augmentation and splits")
     o.add_argument("--max-minutes", type=float, default=0.0,
                    help="wall-clock budget of the whole run, resumes included (0 = none): training stops "
@@ -972,7 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["world_size"] = ctx.world_size
         res = train_sam(train, val, a.out, a.work_dir, arch=arch, settings=s, device=dev, resume=a.resume,
                         log=a.log, max_minutes=a.max_minutes, meta=meta, progress=not a.quiet, dist=ctx,
-                        init=a.init)
+                        init=a.init, prefetch=a.prefetch, loader_threads=a.loader_threads)
         u = res["untrained"]
         best = next((h for h in res["history"] if h["step"] == res["best_step"]), None)
         if best and ctx.is_main:
