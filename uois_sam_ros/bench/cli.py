@@ -3,6 +3,8 @@
   uois-sam-bench stages   per-stage time of each pipeline (uois_sam_ros.bench.speed)
   uois-sam-bench graph    core time vs graph latency and throughput, split and single-node (bench.graph)
   uois-sam-bench metrics  the vectorised metric against the per-pair reference (bench.metrics_speed)
+  uois-sam-bench scaling  time per frame vs image size, objects and prompts; eval throughput vs processes
+                          (bench.scaling)
 
 Each subcommand takes its own options: uois-sam-bench SUBCOMMAND --help.
 """
@@ -16,6 +18,7 @@ SUBCOMMANDS = {
     "stages": "uois_sam_ros.bench.speed",
     "graph": "uois_sam_ros.bench.graph",
     "metrics": "uois_sam_ros.bench.metrics_speed",
+    "scaling": "uois_sam_ros.bench.scaling",
 }
 
 
