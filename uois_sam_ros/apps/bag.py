@@ -300,9 +300,7 @@ def graph_specs(graph_args: dict[str, str] | None = None, overrides: dict[str, o
 
 def start_bringup(graph_args: dict[str, str] | None = None, overrides: dict[str, object] | None = None) -> Graph:
     """The hpg + segmentation (+ amodal) nodes of uois-sam-bringup in this process, on their own executor."""
-    from rclpy.executors import MultiThreadedExecutor
-
-    from uois_sam_ros.apps.bringup import build_nodes
+    from uois_sam_ros.apps.bringup import start_in_background
     from uois_sam_ros.core.segment.pipeline import resolve_method
     from uois_sam_ros.ros.params import params_to_config
 
@@ -320,20 +318,7 @@ def start_bringup(graph_args: dict[str, str] | None = None, overrides: dict[str,
             amodal_method = resolve_amodal_method(params_to_config(am.parameters).amodal)
         except ValueError:
             amodal_method = "amodal"
-    nodes = build_nodes(specs)
-    executor = MultiThreadedExecutor(num_threads=4)
-    for n in nodes:
-        executor.add_node(n)
-    thread = threading.Thread(target=_spin, args=(executor,), daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        executor.shutdown(timeout_sec=2.0)
-        thread.join(timeout=5.0)
-        for n in nodes:
-            n.destroy_node()
-
-    return Graph(stop, title, amodal_method)
+    return Graph(start_in_background(specs), title, amodal_method)
 
 
 def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeout: float = 60.0,
@@ -352,6 +337,7 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
     from rclpy.executors import SingleThreadedExecutor
 
     from uois_sam_ros.apps.bag_player import BagPlayer
+    from uois_sam_ros.nodes.common import spin_until_stopped
 
     frames = read_frames(bag, topics)
     if not lockstep and not (rate > 0 and math.isfinite(rate)):
@@ -365,7 +351,7 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
         node = rclpy.create_node("uois_sam_bag_player")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        spin = threading.Thread(target=_spin, args=(executor,), daemon=True)
+        spin = threading.Thread(target=spin_until_stopped, args=(executor,), daemon=True)
         spin.start()
         if amodal_topic is None:
             amodal_topic = instances_topic.rstrip("/") + "/amodal"
@@ -396,18 +382,6 @@ def evaluate(bag: str | Path, *, lockstep: bool = True, rate: float = 1.0, timeo
     amodal_title = f"{title} + {handle.amodal_method}" if handle.amodal_method else title
     return score(frames, results, title, mode, amodal_stage=player.has_amodal, amodal_title=amodal_title,
                  amodal_topic=amodal_topic or "instances/amodal", amodal_note=player.amodal_note)
-
-
-def _spin(executor) -> None:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-    try:
-        executor.spin()
-    except (ExternalShutdownException, KeyboardInterrupt):
-        pass
-    except Exception:
-        if rclpy.ok():  # a context shut down mid-wait raises RCLError: that is a stop, not a bug
-            raise
 
 
 def _flat_overrides(pairs: list[str]) -> dict[str, object]:

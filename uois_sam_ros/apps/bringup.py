@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import rclpy
@@ -29,7 +30,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from uois_sam_ros.nodes.common import prime_torch_blas
+from uois_sam_ros.nodes.common import prime_torch_blas, spin_until_stopped
 from uois_sam_ros.ros.dds import apply_default_profile
 from uois_sam_ros.ros.graph import (
     LAUNCH_ARGUMENTS,
@@ -75,6 +76,26 @@ def build_nodes(specs: list[NodeSpec], context: Context | None = None,
         raise
     prime_torch_blas()  # the workers' BLAS calls (nodes/common.py); from the main thread only
     return nodes
+
+
+def start_in_background(specs: list[NodeSpec], num_threads: int = 4) -> Callable[[], None]:
+    """The described nodes in this process, spun by their own executor on a daemon thread, for a
+    caller that drives the graph from its main thread (uois-sam-bag eval, uois-sam-bench graph).
+    Returns stop(): executor, thread, then the nodes; the rclpy context stays up for the caller."""
+    nodes = build_nodes(specs)
+    executor = MultiThreadedExecutor(num_threads=num_threads)
+    for n in nodes:
+        executor.add_node(n)
+    thread = threading.Thread(target=spin_until_stopped, args=(executor,), daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        executor.shutdown(timeout_sec=2.0)
+        thread.join(timeout=5.0)
+        for n in nodes:
+            n.destroy_node()
+
+    return stop
 
 
 def stop_graph(executor: MultiThreadedExecutor, nodes: list[Node]) -> None:

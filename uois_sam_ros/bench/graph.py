@@ -173,25 +173,11 @@ class _Graph:
 
             self._procs = GraphProcesses(self.specs, log_dir=self.log_dir).start()
             return
-        from rclpy.executors import MultiThreadedExecutor
+        from uois_sam_ros.apps.bringup import start_in_background
 
-        from uois_sam_ros.apps.bag import _spin
-        from uois_sam_ros.apps.bringup import build_nodes
-
-        nodes = build_nodes(self.specs)
-        executor = MultiThreadedExecutor(num_threads=4)  # as uois-sam-bringup
-        for n in nodes:
-            executor.add_node(n)
-        thread = threading.Thread(target=_spin, args=(executor,), daemon=True)
-        thread.start()
-
-        def stop() -> None:
-            executor.shutdown(timeout_sec=2.0)
-            thread.join(timeout=5.0)
-            for n in nodes:
-                n.destroy_node()
-
-        self._stop = stop  # the nodes share the bench's context: it stays up for the next mode
+        # 4 executor threads, as uois-sam-bringup; the nodes share the bench's context, which stays
+        # up for the next mode
+        self._stop = start_in_background(self.specs)
 
     def log_tail(self, lines: int = 12) -> str:
         if self._procs is None:
@@ -439,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from uois_sam_ros.apps.bag import _spin
+    from uois_sam_ros.nodes.common import spin_until_stopped
 
     own_init = not rclpy.ok()  # a caller (a test) may have initialised rclpy already
     if own_init:
@@ -447,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("uois_bench_graph")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spin = threading.Thread(target=_spin, args=(executor,), daemon=True)
+    spin = threading.Thread(target=spin_until_stopped, args=(executor,), daemon=True)
     spin.start()
     results = []
     try:

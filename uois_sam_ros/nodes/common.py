@@ -530,6 +530,21 @@ def prime_torch_blas() -> bool:
     return True
 
 
+def spin_until_stopped(executor: Any) -> None:
+    """executor.spin() until Ctrl-C, an rclpy shutdown or SIGTERM; every caller's way to spin.
+
+    SIGTERM's handler can shut the context down between two waits; the executor then raises
+    RCLError ("context is not valid") instead of ExternalShutdownException. That is still a
+    requested stop; anything raised while the context is up is a bug and propagates."""
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if rclpy.ok():
+            raise
+
+
 def spin_node(factory: Callable[[], ManagedNode], argv: list[str] | None = None) -> int:
     """Shared main: init, autostart, spin until Ctrl-C / SIGTERM / shutdown, clean up.
 
@@ -558,15 +573,9 @@ def spin_node(factory: Callable[[], ManagedNode], argv: list[str] | None = None)
             return code  # a signal during start-up: exit without spinning
         prime_torch_blas()  # after configure loaded the models (and torch)
         executor.add_node(node)
-        executor.spin()
+        spin_until_stopped(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # SIGTERM's handler can shut the context down between two waits; the executor then
-        # raises RCLError ("context is not valid") instead of ExternalShutdownException.
-        # That is still a requested stop; anything raised while the context is up is a bug.
-        if rclpy.ok():
-            raise
+        pass  # a signal during start-up
     finally:
         if node is not None:
             node._closing = True
