@@ -33,7 +33,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,11 +44,10 @@ import cv2
 import numpy as np
 import torch
 
+from uois_sam_ros.bench.speed import device_name, sam_pipeline, shipped_hpg
 from uois_sam_ros.core.config import config_from_dict
-from uois_sam_ros.core.segment.hpg import HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
 from uois_sam_ros.core.segment.pipeline import UOISPipeline
 from uois_sam_ros.core.segment.prompting import grid_prompts
-from uois_sam_ros.core.segment.sam_backend import default_sam_checkpoint
 from uois_sam_ros.core.types import Frame, Prompts
 
 STAGES = ("prompts", "embedding", "decode", "postprocess", "total")
@@ -102,16 +100,6 @@ def parse_methods(text: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ formatting
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def _load() -> str:
     try:
         return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -159,16 +147,8 @@ def build_pipeline(method: str) -> tuple[UOISPipeline, str]:
     its top peaks through, so K is the configured maximum rather than 0."""
     if method == "weights_free":
         return UOISPipeline(config_from_dict({"pipeline": {"method": "weights_free"}})), "weights_free"
-    ckpt = default_hpg_checkpoint()
-    hpg = load_hpg_checkpoint(ckpt) if ckpt else HPGNet("cnn_rgbd").eval()
-    hpg_cfg: dict[str, Any] = {"device": "cpu"}
-    if ckpt is None:
-        hpg_cfg.update(fg_threshold=0.0, heatmap_threshold=-1e9)
-    shipped = default_sam_checkpoint("vit_synth") is not None
-    cfg = config_from_dict({"sam": {"model_type": "vit_synth", "allow_random_weights": not shipped, "device": "cpu"},
-                            "hpg": hpg_cfg, "pipeline": {"method": "uois_sam"}})
-    name = "uois_sam vit_synth" + (" (shipped)" if shipped else " (random)")
-    return UOISPipeline(cfg, hpg_model=hpg), name
+    pipe, _, shipped = sam_pipeline("vit_synth", *shipped_hpg())
+    return pipe, "uois_sam vit_synth" + (" (shipped)" if shipped else " (random)")
 
 
 def scene_frames(size: tuple[int, int], seeds: list[int], objects: int | None = None) -> list[tuple[Frame, int]]:
@@ -476,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.scenes))
     size0 = f"{args.sizes[0][0]}x{args.sizes[0][1]}"
     t_start = time.perf_counter()
-    print(f"cpu {_cpu_name()} ({os.cpu_count()} cores visible), torch {torch.__version__}, {args.threads} threads "
+    print(f"cpu {device_name('cpu')} ({os.cpu_count()} cores visible), torch {torch.__version__}, {args.threads} threads "
           f"(torch and OpenCV); {_load()}")
     print(f"per frame: median of {args.repeats} runs after one warm-up, mean over {args.scenes} synthetic scenes; "
           f"times in ms", flush=True)
@@ -485,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe, name = build_pipeline(m)
         pipes[name] = pipe
     result: dict[str, Any] = {
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": args.threads,
+        "cpu": device_name("cpu"), "cores": os.cpu_count(), "torch": torch.__version__, "threads": args.threads,
         "repeats": args.repeats, "scenes": args.scenes, "methods": list(pipes), "load_before": _load()}
 
     took: dict[str, float] = {"build": time.perf_counter() - t_start}

@@ -125,7 +125,7 @@ def bench_frame(kind: str = "auto") -> tuple[Frame, str]:
 
 
 # ----------------------------------------------------------------------------------- formatting
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     """What ran the numbers: the GPU's name, or the CPU model from /proc/cpuinfo."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -136,6 +136,28 @@ def _device_name(device: str) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+def shipped_hpg() -> tuple[Any, bool]:
+    """The HPG of the SAM rows: the shipped checkpoint, else a random cnn_rgbd (False)."""
+    ckpt = default_hpg_checkpoint()
+    return (load_hpg_checkpoint(ckpt), True) if ckpt else (HPGNet("cnn_rgbd").eval(), False)
+
+
+def sam_pipeline(model_type: str, hpg: Any, hpg_shipped: bool, device: str = "cpu",
+                 dtype: str = "fp32") -> tuple[UOISPipeline, str, bool]:
+    """(pipeline, row name, shipped) of the uois_sam rows: vit_synth with the shipped small SAM and
+    its HDNet when the package has them, every other type (and a missing vit_synth) with random
+    weights and a random HDNet sized for its tokens: the same arithmetic as the official weights."""
+    hpg_cfg: dict[str, Any] = {"device": device, "dtype": dtype}
+    if not hpg_shipped:  # a random HPG rarely clears 0.85: take its top 30 peaks so K = 30 is timed
+        hpg_cfg.update(fg_threshold=0.0, heatmap_threshold=-1e9)
+    shipped = model_type == "vit_synth" and default_sam_checkpoint("vit_synth") is not None
+    cfg = config_from_dict({"sam": {"model_type": model_type, "allow_random_weights": not shipped,
+                                    "device": device, "dtype": dtype},
+                            "hpg": hpg_cfg, "pipeline": {"method": "uois_sam"}})
+    name = f"uois_sam {model_type} (shipped)" if shipped else f"uois_sam {model_type}"
+    return UOISPipeline(cfg, hpg_model=hpg), name, shipped
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -216,12 +238,11 @@ def main(argv: list[str] | None = None) -> int:
               "bf16 runs on CPU)", flush=True)
         dtype = "fp32"
     frame, frame_desc = bench_frame(args.frame)
-    ckpt = default_hpg_checkpoint()
-    hpg = load_hpg_checkpoint(ckpt) if ckpt else HPGNet("cnn_rgbd").eval()
+    hpg, hpg_shipped = shipped_hpg()
     peak = matmul_peak(args.device, dtype, args.peak_seconds)
-    print(f"device {args.device} ({_device_name(args.device)}), torch {torch.__version__}, {args.threads} threads, "
+    print(f"device {args.device} ({device_name(args.device)}), torch {torch.__version__}, {args.threads} threads, "
           f"dtype {dtype}; frame {frame.height}x{frame.width}: {frame_desc}; HPG "
-          f"{'shipped checkpoint' if ckpt else 'random cnn_rgbd'}")
+          f"{'shipped checkpoint' if hpg_shipped else 'random cnn_rgbd'}")
     tf32 = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn_conv": torch.backends.cudnn.allow_tf32}
     print(f"matmul peak: {peak.gflops:.1f} GFLOP/s ({dtype}, {peak.n}x{peak.n} @ {peak.n}x{peak.n}, best of "
           f"{peak.seconds:.1f} s)" + (f"; TF32 matmul {'on' if tf32['matmul'] else 'off'}, cuDNN conv "
@@ -231,23 +252,14 @@ def main(argv: list[str] | None = None) -> int:
           f"'-' = no counted torch work", flush=True)
     print(_line(COLUMNS))
     result: dict[str, Any] = {
-        "torch": torch.__version__, "device": args.device, "device_name": _device_name(args.device),
+        "torch": torch.__version__, "device": args.device, "device_name": device_name(args.device),
         "dtype": dtype, "dtype_asked": args.dtype, "threads": args.threads, "repeats": args.repeats,
-        "frame": frame_desc, "hpg": "shipped" if ckpt else "random",
+        "frame": frame_desc, "hpg": "shipped" if hpg_shipped else "random",
         "peak": {"gflops": peak.gflops, "n": peak.n, "dtype": peak.dtype, "seconds": peak.seconds},
         "tf32": tf32 if cuda else None, "rows": [], "ratios": []}
     ratio_lines = []
     for mt in [m.strip() for m in args.models.split(",") if m.strip()]:
-        hpg_cfg: dict[str, Any] = {"device": args.device, "dtype": dtype}
-        if ckpt is None:  # a random HPG rarely clears 0.85: take its top 30 peaks so K = 30 is timed
-            hpg_cfg.update(fg_threshold=0.0, heatmap_threshold=-1e9)
-        shipped = mt == "vit_synth" and default_sam_checkpoint("vit_synth") is not None
-        cfg = config_from_dict({"sam": {"model_type": mt, "allow_random_weights": not shipped, "device": args.device,
-                                        "dtype": dtype},
-                                "hpg": hpg_cfg, "pipeline": {"method": "uois_sam"}})
-        # shipped: the small SAM and its HDNet; else random weights and a random HDNet sized for the tokens
-        pipe = UOISPipeline(cfg, hpg_model=hpg)
-        name = f"uois_sam {mt} (shipped)" if shipped else f"uois_sam {mt}"
+        pipe, name, shipped = sam_pipeline(mt, hpg, hpg_shipped, args.device, dtype)
         secs, inst = _timed(pipe, frame, args.repeats, cuda)
         stages = stage_rows(secs, count_stage_flops(pipe, frame), peak.gflops)
         k = len(pipe.last_prompts) if pipe.last_prompts is not None else 0
