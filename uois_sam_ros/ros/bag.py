@@ -26,7 +26,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from uois_sam_ros.core.types import Sample
-from uois_sam_ros.ros.image import decode_pixels, encode_pixels
+from uois_sam_ros.ros.image import decode_pixels, encode_pixels, paste_crop
 
 PACKAGE = "uois_sam_ros"
 COLOR_TOPIC = "/camera/color/image_raw"
@@ -488,12 +488,7 @@ def _mask_from(roi, img, height: int, width: int, what: str) -> np.ndarray:
     if img.encoding != "mono8" or crop.shape != (roi.height, roi.width):
         raise BagError(f"{what}: mask is {img.encoding} {crop.shape[1]}x{crop.shape[0]}, expected mono8 "
                        f"{roi.width}x{roi.height} (its roi)")
-    if roi.x_offset + roi.width > width or roi.y_offset + roi.height > height:
-        raise BagError(f"{what}: roi x={roi.x_offset} y={roi.y_offset} {roi.width}x{roi.height} extends past "
-                       f"the {width}x{height} image")
-    out = np.zeros((height, width), bool)
-    out[roi.y_offset:roi.y_offset + roi.height, roi.x_offset:roi.x_offset + roi.width] = crop != 0
-    return out
+    return paste_crop(crop, roi.x_offset, roi.y_offset, height, width, what, BagError)
 
 
 def _amodal_from_cdr(cdr: bytes, shape: tuple[int, int], where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from uois_sam_ros.core.types import Prompts as CorePrompts
 from uois_sam_ros.msg import Instance, InstanceArray
 from uois_sam_ros.msg import Prompt as PromptMsg
 from uois_sam_ros.msg import Prompts as PromptsMsg
-from uois_sam_ros.ros.image import ImageConversionError, image_to_numpy, numpy_to_image, to_rgb
+from uois_sam_ros.ros.image import ImageConversionError, image_to_numpy, numpy_to_image, paste_crop, to_rgb
 
 # ---------------------------------------------------------------------------------- time
 
@@ -96,12 +96,7 @@ def _paste_from_msg(roi: RegionOfInterest, img: Image, height: int, width: int, 
     if crop.shape != (roi.height, roi.width):
         raise ValueError(f"{what}: mask is {crop.shape[1]}x{crop.shape[0]} but its roi is "
                          f"{roi.width}x{roi.height}")
-    if roi.x_offset + roi.width > width or roi.y_offset + roi.height > height:
-        raise ValueError(f"{what}: roi x={roi.x_offset} y={roi.y_offset} {roi.width}x{roi.height} "
-                         f"extends past the {width}x{height} image")
-    out = np.zeros((height, width), bool)
-    out[roi.y_offset:roi.y_offset + roi.height, roi.x_offset:roi.x_offset + roi.width] = crop != 0
-    return out
+    return paste_crop(crop, roi.x_offset, roi.y_offset, height, width, what)
 
 
 def _f32(x: float) -> float:

@@ -184,3 +184,16 @@ def to_rgb(msg: Image) -> np.ndarray:
         return np.ascontiguousarray(a[:, :, 2::-1])
     raise ImageConversionError(
         f"colour image encoding {enc!r} is not supported; expected rgb8, bgr8, rgba8 or bgra8")
+
+
+def paste_crop(crop: np.ndarray, x: int, y: int, height: int, width: int, what: str,
+               error: type[Exception] = ValueError) -> np.ndarray:
+    """A full (height, width) bool mask from a mask crop whose top-left corner is (x, y): how an
+    Instance's roi + mask (live or read from a bag) becomes a mask. A crop reaching past the image
+    raises `error`, naming `what`."""
+    h, w = crop.shape[:2]
+    if x + w > width or y + h > height:
+        raise error(f"{what}: roi x={x} y={y} {w}x{h} extends past the {width}x{height} image")
+    out = np.zeros((height, width), bool)
+    out[y:y + h, x:x + w] = crop != 0
+    return out
