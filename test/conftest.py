@@ -31,3 +31,15 @@ def real_rgbd_dir() -> Path:
     if not d.is_dir():
         pytest.skip(f"shared fixtures not found at {d}")
     return d
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models: one torch thread is faster than two fighting over a busy 2-core machine.
+    Modules of such tests say pytestmark = pytest.mark.usefixtures("one_torch_thread")."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from uois_sam_ros.core.adapt.adaptation import (
     DecoderAdapter,
@@ -27,15 +26,7 @@ OBJECTS_PER_SCENE = 4
 PROTOCOL = Protocol(20, 0.85)
 
 
-@pytest.fixture()
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_adaptation_lowers_the_clicked_pixel_loss_and_does_not_raise_noc85(one_thread):
+def test_adaptation_lowers_the_clicked_pixel_loss_and_does_not_raise_noc85(one_torch_thread):
     ckpt = sam_backend.default_sam_checkpoint("vit_synth")
     if ckpt is None:
         pytest.skip(f"no small SAM shipped in the package ({sam_backend.SYNTH_FILENAME} under uois_sam_ros/data); "

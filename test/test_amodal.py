@@ -33,13 +33,7 @@ from uois_sam_ros.core.weights import CheckpointError
 HELDOUT_SEED = 50_000_000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread is faster than two fighting over a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _two_boxes(depth_a: float, depth_b: float, gap: int = 0):

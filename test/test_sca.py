@@ -26,13 +26,7 @@ TINY = {"img_size": 128, "patch_size": 16, "embed_dim": 32, "depth": 3, "num_hea
         "decoder_mlp_dim": 64, "iou_head_hidden_dim": 32, "mask_in_chans": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread is faster than two fighting over a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sam(seed: int = 0):
