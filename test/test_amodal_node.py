@@ -16,6 +16,7 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from wait_helper import wait_until  # noqa: E402
 
 from uois_sam_ros.core.amodal.stage import AmodalStage  # noqa: E402
 from uois_sam_ros.core.config import AmodalConfig  # noqa: E402
@@ -61,14 +62,7 @@ class Rig:
         assert self.wait(lambda: all(p.get_subscription_count() >= 1 for p in self.pubs.values()), 20)
         assert self.wait(lambda: self.node.pub_amodal.get_subscription_count() >= 1, 20)
 
-    @staticmethod
-    def wait(cond, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return False
+    wait = staticmethod(wait_until)
 
     def send(self, sample, inst: Instances, stamp: float) -> tuple:
         header = make_header(stamp, "camera_color_optical_frame")

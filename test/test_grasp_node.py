@@ -21,6 +21,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+from wait_helper import wait_until  # noqa: E402
 
 from uois_sam_ros.apps.bringup import build_nodes  # noqa: E402
 from uois_sam_ros.core.grasp.frames import matrix_to_quaternion  # noqa: E402
@@ -74,14 +75,7 @@ class GraspGraph:
         assert self.wait_for(future.done, 30.0), "~/plan did not answer"
         return future.result()
 
-    @staticmethod
-    def wait_for(cond, timeout: float = 30.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return False
+    wait_for = staticmethod(wait_until)
 
     def send(self, depth_m: np.ndarray, intr, masks: np.ndarray, stamp: float) -> None:
         """camera_info and depth of the frame, then its instances (later, as segmentation is)."""

@@ -16,6 +16,7 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from wait_helper import wait_until  # noqa: E402
 
 from uois_sam_ros.apps.bringup import build_nodes  # noqa: E402
 from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene  # noqa: E402
@@ -71,13 +72,7 @@ class Graph:
         self.thread = threading.Thread(target=self.ex.spin, daemon=True)
         self.thread.start()
 
-    def wait_for(self, cond, timeout: float = 30.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return False
+    wait_for = staticmethod(wait_until)
 
     def wait_connected(self, n_subs: int = 1) -> None:
         n = n_subs + 1  # the probe's own recording subscriptions count too

@@ -20,6 +20,7 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
+from wait_helper import wait_until  # noqa: E402
 
 from uois_sam_ros.core.adapt.refine import RefineError, Refiner, decoder_file  # noqa: E402
 from uois_sam_ros.core.config import AdaptConfig, config_from_dict  # noqa: E402
@@ -135,14 +136,7 @@ class Rig:
         assert self.wait(lambda: self.node.pub_instances.get_subscription_count() >= 1, 20)
         assert self.client.wait_for_service(timeout_sec=20)
 
-    @staticmethod
-    def wait(cond, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return False
+    wait = staticmethod(wait_until)
 
     def send(self, sample, stamp: Time) -> None:
         """One camera frame; returns once its /instances message arrived."""
