@@ -131,3 +131,23 @@ def load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: str | P
                  what: str = "checkpoint") -> None:
     check_state_dict(model.state_dict(), state, path, what)
     model.load_state_dict(state, strict=True)
+
+
+def cpu_state_dict(module: nn.Module, half: bool = False) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of a module's tensors for a checkpoint; floating ones in fp16 with half."""
+    out = {}
+    for k, v in module.state_dict().items():
+        v = v.detach().cpu()
+        out[k] = v.half() if half and v.is_floating_point() else v.clone()
+    return out
+
+
+def save_torch_atomic(obj: Any, path: str | Path) -> Path:
+    """torch.save to PATH.tmp, then rename over PATH: a run killed mid-write never leaves a
+    truncated checkpoint or training state behind. Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    return path

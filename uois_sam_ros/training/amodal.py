@@ -48,6 +48,7 @@ from uois_sam_ros.core.amodal.completer import (
 )
 from uois_sam_ros.core.amodal.occlusion import occlusion_order
 from uois_sam_ros.core.amodal.taos import TaosParams, paste_occluder
+from uois_sam_ros.core.weights import save_torch_atomic
 from uois_sam_ros.training.common import CsvLog, HelpFormatter, TrainingError, pick_device
 
 STATE_VERSION = 1
@@ -292,11 +293,9 @@ def train_completer(train: dict[str, np.ndarray], val: dict[str, np.ndarray], ou
         return prior_s + time.time() - t0
 
     def save_state() -> None:
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save({"version": STATE_VERSION, "arch": arch, "step": step, "best": best, "best_step": best_step,
-                    "seconds": elapsed(), "history": history, "model": model.state_dict(),
-                    "optimizer": opt.state_dict()}, tmp)
-        tmp.replace(state_path)
+        save_torch_atomic({"version": STATE_VERSION, "arch": arch, "step": step, "best": best,
+                           "best_step": best_step, "seconds": elapsed(), "history": history,
+                           "model": model.state_dict(), "optimizer": opt.state_dict()}, state_path)
 
     untrained = completer_val(model, val, dev, s) if step == 0 else None
     rng = np.random.default_rng([s.seed, 3])
@@ -513,11 +512,10 @@ def train_sam_amodal(kind: str, model: Any, train: list[Scene], val: list[Scene]
             log.write({"step": step, "lr": lr, "train_loss": float(np.mean(losses)) if losses else "", **v,
                        "best": int(improved), "seconds": round(elapsed(), 1)})
             losses = []
-            tmp = state_path.with_name(state_path.name + ".tmp")
-            torch.save({"version": STATE_VERSION, "kind": kind, "step": step, "best": best, "best_step": best_step,
-                        "seconds": elapsed(), "history": history, "untrained": untrained,
-                        "model": trained.state_dict(), "optimizer": opt.state_dict()}, tmp)
-            tmp.replace(state_path)
+            save_torch_atomic({"version": STATE_VERSION, "kind": kind, "step": step, "best": best,
+                               "best_step": best_step, "seconds": elapsed(), "history": history,
+                               "untrained": untrained, "model": trained.state_dict(),
+                               "optimizer": opt.state_dict()}, state_path)
     bar.close()
     if sca is not None:
         sca.detach()

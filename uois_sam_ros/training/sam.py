@@ -69,7 +69,7 @@ from uois_sam_ros.core.segment.sam_backend import (
     read_sam_synth,
     save_sam_synth,
 )
-from uois_sam_ros.core.weights import CheckpointError, sha256_file
+from uois_sam_ros.core.weights import CheckpointError, save_torch_atomic, sha256_file
 from uois_sam_ros.training.common import (
     CsvLog,
     HelpFormatter,
@@ -837,12 +837,11 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
     def save_state() -> None:
         if not ctx.is_main:
             return
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save({"version": STATE_VERSION, "arch": arch, "settings": asdict(s), "step": step, "best": best,
-                    "best_step": best_step, "untrained": untrained, "history": history, "seconds": elapsed(),
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "train_images": n,
-                    "init": {k: meta[k] for k in ("init", "init_sha256") if k in meta}}, tmp)
-        tmp.replace(state_path)
+        save_torch_atomic({"version": STATE_VERSION, "arch": arch, "settings": asdict(s), "step": step,
+                           "best": best, "best_step": best_step, "untrained": untrained, "history": history,
+                           "seconds": elapsed(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "train_images": n,
+                           "init": {k: meta[k] for k in ("init", "init_sha256") if k in meta}}, state_path)
 
     def sidecar() -> None:
         if not ctx.is_main:

@@ -46,7 +46,7 @@ from torch import nn
 
 from uois_sam_ros.core.adapt.clicks import Click
 from uois_sam_ros.core.config import AdaptConfig, ConfigError
-from uois_sam_ros.core.weights import CheckpointError, check_state_dict, read_checkpoint
+from uois_sam_ros.core.weights import CheckpointError, check_state_dict, read_checkpoint, save_torch_atomic
 
 CA_MODES = ("none", "R", "C")
 RM_MODES = ("none", "U", "E")
@@ -456,14 +456,9 @@ class DecoderAdapter:
     # ---------------------------------------------------------------- files
     def save(self, path: str | Path, name: str | None = None, meta: dict | None = None) -> Path:
         """Write a class's decoder weights (torch.save, written to a temporary file first)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = {"format": ADAPTED_FORMAT, "version": ADAPTED_VERSION, "class_name": self.class_key(name),
                 "meta": dict(meta or {}), "state_dict": {k: v.cpu() for k, v in self.state_dict(name).items()}}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
-        return path
+        return save_torch_atomic(blob, path)
 
     def load(self, path: str | Path, name: str | None = None) -> str:
         """Load a saved decoder as class `name` (default: the class it was saved as); returns

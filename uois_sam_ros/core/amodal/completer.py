@@ -41,7 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from uois_sam_ros.core.amodal.occlusion import occluder_masks
-from uois_sam_ros.core.weights import CheckpointError, load_checked, read_checkpoint
+from uois_sam_ros.core.weights import (
+    CheckpointError,
+    cpu_state_dict,
+    load_checked,
+    read_checkpoint,
+    save_torch_atomic,
+)
 
 COMPLETER_FORMAT = "uois_sam_ros.amodal_completer"
 COMPLETER_FILENAME = "amodal_completer.pt"
@@ -295,15 +301,8 @@ def save_completer(path: str | Path, model: CompleterNet, arch: dict[str, Any], 
                    half: bool = True) -> None:
     """Write arch + state dict (fp16 by default: half the size, no measurable loss) + meta."""
     arch = check_arch(arch)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        state[k] = v.half() if half and v.is_floating_point() else v.clone()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": COMPLETER_FORMAT, "arch": arch, "meta": dict(meta or {}), "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_torch_atomic({"format": COMPLETER_FORMAT, "arch": arch, "meta": dict(meta or {}),
+                       "state_dict": cpu_state_dict(model, half)}, path)
 
 
 def load_completer(path: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> AmodalCompleter:

@@ -36,7 +36,13 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from uois_sam_ros.core.weights import CheckpointError, load_checked, read_checkpoint
+from uois_sam_ros.core.weights import (
+    CheckpointError,
+    cpu_state_dict,
+    load_checked,
+    read_checkpoint,
+    save_torch_atomic,
+)
 
 DECODER_FORMAT = "uois_sam_ros.sameo_decoder"
 FOCAL_GAMMA = 2.0
@@ -241,13 +247,9 @@ def refined_confidence(front_score: np.ndarray | float, iou_pred: np.ndarray) ->
 
 def save_decoder(path: str | Path, model: nn.Module, meta: dict | None = None) -> None:
     """The fine-tuned mask decoder only (the rest of SAM is unchanged, so the file is small)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().cpu().clone() for k, v in model.mask_decoder.state_dict().items()}
-    torch.save({"format": DECODER_FORMAT, "meta": dict(meta or {}),
-                "transformer_dim": int(model.mask_decoder.transformer_dim), "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_torch_atomic({"format": DECODER_FORMAT, "meta": dict(meta or {}),
+                       "transformer_dim": int(model.mask_decoder.transformer_dim),
+                       "state_dict": cpu_state_dict(model.mask_decoder)}, path)
 
 
 def load_decoder(path: str | Path, model: nn.Module) -> dict[str, Any]:

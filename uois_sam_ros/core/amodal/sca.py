@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uois_sam_ros.core.weights import CheckpointError, load_checked, read_checkpoint
+from uois_sam_ros.core.weights import (
+    CheckpointError,
+    cpu_state_dict,
+    load_checked,
+    read_checkpoint,
+    save_torch_atomic,
+)
 
 SCA_FORMAT = "uois_sam_ros.sca_adapters"
 BCE_WEIGHT = 10.0  # L_seg = Dice + alpha * BCE, alpha = 10 (eq. 8)
@@ -180,12 +186,8 @@ def regional_consistency_loss(features: torch.Tensor, visible: torch.Tensor, occ
 
 
 def save_sca(path: str | Path, sca: SpatialCompletion, meta: dict | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": SCA_FORMAT, "arch": sca.arch(), "meta": dict(meta or {}),
-                "state_dict": {k: v.detach().cpu().clone() for k, v in sca.state_dict().items()}}, tmp)
-    tmp.replace(path)
+    save_torch_atomic({"format": SCA_FORMAT, "arch": sca.arch(), "meta": dict(meta or {}),
+                       "state_dict": cpu_state_dict(sca)}, path)
 
 
 def load_sca(path: str | Path, encoder: nn.Module | None = None) -> SpatialCompletion:

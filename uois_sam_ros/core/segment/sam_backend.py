@@ -50,9 +50,11 @@ from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import (
     OFFICIAL,
     CheckpointError,
+    cpu_state_dict,
     load_checked,
     load_torch_file,
     read_state_dict,
+    save_torch_atomic,
 )
 
 SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "vit_synth", "vit_tiny")
@@ -182,16 +184,8 @@ def save_sam_synth(path: str | Path, model: Sam, arch: dict[str, Any], meta: dic
 
     Written to a temporary file first, so a run killed mid-write never leaves a truncated file."""
     arch = check_synth_arch(arch)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        state[k] = v.half() if half and v.is_floating_point() else v.clone()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": SYNTH_FORMAT, "version": SYNTH_VERSION, "arch": arch, "meta": dict(meta or {}),
-                "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_torch_atomic({"format": SYNTH_FORMAT, "version": SYNTH_VERSION, "arch": arch, "meta": dict(meta or {}),
+                       "state_dict": cpu_state_dict(model, half)}, path)
 
 
 def read_sam_synth(path: str | Path, what: str = "SAM vit_synth") -> tuple[dict[str, Any], dict, dict]:
