@@ -452,10 +452,7 @@ def read_frames(path: str | Path, topics: BagTopics = BagTopics(), need_gt: bool
     labels: dict[int, np.ndarray] = {}
     if need_gt:
         g_by = _by_stamp(msgs[topics.gt], IMAGE, topics.gt, path)
-        bad = sorted(set(g_by) - set(c_by))
-        if bad:
-            raise BagError(f"bag {path}: {len(bad)} ground-truth label stamps on {topics.gt} match no colour "
-                           f"stamp (first: {_sec(bad[0])} s); GT must carry its colour frame's stamp")
+        _gt_stamps_in(g_by, c_by, "ground-truth label", topics.gt, path)
         labels = {t: image_from_cdr(raw) for t, raw in g_by.items()}
         missing = sorted(set(c_by) - set(g_by))
         if missing:
@@ -464,10 +461,7 @@ def read_frames(path: str | Path, topics: BagTopics = BagTopics(), need_gt: bool
     amodal: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if has_amodal:
         a_by = _by_stamp(msgs[topics.gt_amodal], INSTANCE_ARRAY, topics.gt_amodal, path)
-        bad = sorted(set(a_by) - set(c_by))
-        if bad:
-            raise BagError(f"bag {path}: {len(bad)} amodal ground-truth stamps on {topics.gt_amodal} match no "
-                           f"colour stamp (first: {_sec(bad[0])} s); GT must carry its colour frame's stamp")
+        _gt_stamps_in(a_by, c_by, "amodal ground-truth", topics.gt_amodal, path)
         amodal = {t: _amodal_from_cdr(raw, labels[t].shape, f"bag {path}: {topics.gt_amodal} at {_sec(t)} s")
                   for t, raw in a_by.items()}
     frames = []
@@ -505,6 +499,14 @@ def _amodal_from_cdr(cdr: bytes, shape: tuple[int, int], where: str) -> tuple[np
         ids.append(int(it.id))
     am = np.stack(masks) if masks else np.zeros((0, h, w), bool)
     return am, np.asarray(ids, np.int64)
+
+
+def _gt_stamps_in(gt_by: dict[int, bytes], color_by: dict[int, bytes], what: str, topic: str, path: Path) -> None:
+    """Ground truth is matched to frames by stamp: one that matches no colour frame is an error."""
+    bad = sorted(set(gt_by) - set(color_by))
+    if bad:
+        raise BagError(f"bag {path}: {len(bad)} {what} stamps on {topic} match no colour stamp "
+                       f"(first: {_sec(bad[0])} s); GT must carry its colour frame's stamp")
 
 
 def _sec(t_ns: int) -> str:
