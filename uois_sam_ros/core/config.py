@@ -25,6 +25,9 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+SAM_DECODERS = ("folded", "library")
+
+
 @dataclass
 class SamConfig:
     """Segment Anything backend. With no checkpoint the weights-free backend is used."""
@@ -36,9 +39,13 @@ class SamConfig:
     allow_random_weights: bool = False  # tests/benchmarks only: random weights when there is no checkpoint
     image_size: int = 1024  # encoder input side; only the test architecture vit_tiny may change it
     dtype: str = "fp32"  # fp32 | bf16 | fp16: autocast of the encoder and decoder (fp32: none; fp16 on CPU runs fp32)
+    decoder: str = "folded"  # folded | library: how K prompts are decoded (folded: the same masks, 2-4x faster on CPU)
+    compile: bool = False  # torch.compile the encoder and decoder (the first frames pay it; eager if it fails)
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "sam.dtype")  # a bad value fails at load / parameter change, not per frame
+        if self.decoder not in SAM_DECODERS:
+            raise ConfigError(f"sam.decoder {self.decoder!r} is not valid; use one of {' | '.join(SAM_DECODERS)}")
 
 
 @dataclass

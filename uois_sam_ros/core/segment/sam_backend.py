@@ -14,6 +14,17 @@ all 4 mask tokens' masks and IoUs (``forward`` with multimask_output=True drops 
 HDNet scores too). A forward hook on ``mask_decoder.transformer`` captures ``hs``, from which
 T_iou = hs[:, 0] and T_mask = hs[:, 1:5]. Nothing of SAM's code is copied.
 
+Layout: ``SamConfig.decoder`` folded (the default) decodes the K prompts with
+``decoder_layout.predict_masks``: the same function of the same weights, re-ordered so that the
+image side is not copied K times (equal to the library's to float32 rounding; 2-4x faster on a
+CPU). ``library`` calls segment-anything's own ``predict_masks``.
+
+Compilation: ``SamConfig.compile`` runs the image encoder and the folded decoder through
+torch.compile. The decoder's batch is padded to a power of two (repeating the last prompt,
+whose outputs are dropped), so a frame's prompt count costs at most one compile per size
+class. If compiling fails (no C++ compiler, an unsupported op), one CompileFallbackWarning
+says why and that part runs eagerly from then on.
+
 Precision: ``SamConfig.dtype`` bf16 / fp16 runs the encoder and the decoder under torch.autocast
 (the GPU's fast path); the embedding and every decoder output are turned back into float32, so
 post-processing, HDNet and the adaptation code see the same dtypes as in fp32. fp32 runs no
@@ -45,6 +56,7 @@ from torch import nn
 from torchvision.ops.boxes import batched_nms
 
 from uois_sam_ros.core.config import SamConfig, autocast, resolve_device, resolve_dtype
+from uois_sam_ros.core.segment import decoder_layout
 from uois_sam_ros.core.segment.backend import Decoded
 from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import (
@@ -273,6 +285,10 @@ def sam_token_dim(model: nn.Module) -> int:
     return int(model.mask_decoder.transformer_dim)
 
 
+class CompileFallbackWarning(UserWarning):
+    """sam.compile could not compile a part; it runs eagerly (the message says why)."""
+
+
 @dataclass
 class LowRes:
     """Decoder outputs for K prompts before any upsampling.
@@ -317,6 +333,9 @@ class SamSegmenter:
         self.predictor = SamPredictor(self.model)
         self._hs: torch.Tensor | None = None
         self.model.mask_decoder.transformer.register_forward_hook(self._capture)
+        self.folded_ok = decoder_layout.supports(self.model.mask_decoder)
+        self._compiled_decode: Any = None
+        self._compile_failed: set[str] = set()
 
     def _capture(self, module: nn.Module, inputs: tuple, output: tuple) -> None:
         self._hs = output[0]
@@ -340,11 +359,36 @@ class SamSegmenter:
         """The autocast dtype of cfg.dtype (read per call: reconfigure may change it); None = fp32."""
         return resolve_dtype(self.cfg.dtype, str(self.device))
 
+    def _compile_fallback(self, part: str, err: Exception) -> None:
+        """Run `part` eagerly from now on, and say once why."""
+        self._compile_failed.add(part)
+        warnings.warn(f"sam.compile: compiling the {part} failed ({type(err).__name__}: {str(err)[:300]}); "
+                      f"the {part} runs eagerly", CompileFallbackWarning, stacklevel=3)
+
+    def _set_encoder_compiled(self, on: bool) -> None:
+        """Route image_encoder calls through torch.compile (an instance-level forward, so the module,
+        its state dict and every other caller stay as they are), or back to the class's forward."""
+        enc = self.model.image_encoder
+        if on and "forward" not in vars(enc):
+            enc.forward = torch.compile(type(enc).forward.__get__(enc), dynamic=False)
+        elif not on and "forward" in vars(enc):
+            del enc.forward
+
     def set_frame(self, frame: Frame) -> None:
         frame.validate()
         dt = self._amp_dtype()
-        with torch.inference_mode(), autocast(str(self.device), dt):
-            self.predictor.set_image(frame.rgb, image_format="RGB")
+        want = bool(self.cfg.compile) and "encoder" not in self._compile_failed
+        self._set_encoder_compiled(want)
+        try:
+            with torch.inference_mode(), autocast(str(self.device), dt):
+                self.predictor.set_image(frame.rgb, image_format="RGB")
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, then the eager error (if any) is real
+            if not want:
+                raise
+            self._compile_fallback("encoder", e)
+            self._set_encoder_compiled(False)
+            with torch.inference_mode(), autocast(str(self.device), dt):
+                self.predictor.set_image(frame.rgb, image_format="RGB")
         if dt is not None:  # consumers (decoder outside autocast, HPG 'sam', adaptation) expect float32
             self.predictor.features = self.predictor.features.float()
 
@@ -367,23 +411,44 @@ class SamSegmenter:
         coords_t = torch.as_tensor(coords, dtype=torch.float32, device=self.device)[:, None, :]
         labels_t = torch.as_tensor(prompts.labels, dtype=torch.int64, device=self.device)[:, None]
         dt = self._amp_dtype()
+        folded = self.cfg.decoder == "folded" and self.folded_ok
+        compiled = folded and bool(self.cfg.compile) and "decoder" not in self._compile_failed
+        n_tok = self.model.mask_decoder.num_mask_tokens
         outs: list[tuple[torch.Tensor, ...]] = []
         with autocast(str(self.device), dt):
             pe = self.model.prompt_encoder.get_dense_pe()
             for s in range(0, k, self.decode_batch):
-                sl = slice(s, s + self.decode_batch)
-                sparse, dense = self.model.prompt_encoder(points=(coords_t[sl], labels_t[sl]), boxes=None,
-                                                          masks=None)
-                logits, iou = self.model.mask_decoder.predict_masks(
-                    image_embeddings=self.predictor.features, image_pe=pe,
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
-                hs = self._hs
-                n_tok = self.model.mask_decoder.num_mask_tokens
-                outs.append((logits, iou, hs[:, 0].clone(), hs[:, 1:1 + n_tok].clone()))
+                c, lab = coords_t[s:s + self.decode_batch], labels_t[s:s + self.decode_batch]
+                n = c.shape[0]
+                if compiled:  # a few static batch sizes: pad with the last prompt, drop its outputs
+                    size = min(1 << (n - 1).bit_length(), max(self.decode_batch, n))
+                    c = torch.cat([c, c[-1:].expand(size - n, -1, -1)])
+                    lab = torch.cat([lab, lab[-1:].expand(size - n, -1)])
+                sparse, dense = self.model.prompt_encoder(points=(c, lab), boxes=None, masks=None)
+                if folded:
+                    logits, iou, hs = self._folded(self.predictor.features, pe, sparse, dense, compiled)
+                else:
+                    logits, iou = self.model.mask_decoder.predict_masks(
+                        image_embeddings=self.predictor.features, image_pe=pe,
+                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+                    hs = self._hs
+                outs.append((logits[:n], iou[:n], hs[:n, 0].clone(), hs[:n, 1:1 + n_tok].clone()))
         cat = [torch.cat([o[i] for o in outs]) for i in range(4)]
         if dt is not None:
             cat = [c.float() for c in cat]
         return LowRes(*cat)
+
+    def _folded(self, feats: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dec = self.model.mask_decoder
+        if compiled:
+            if self._compiled_decode is None:
+                self._compiled_decode = torch.compile(decoder_layout.predict_masks, dynamic=False)
+            try:
+                return self._compiled_decode(dec, feats, pe, sparse, dense)
+            except Exception as e:  # noqa: BLE001 - a compiler failure: the eager call below is the real test
+                self._compile_fallback("decoder", e)
+        return decoder_layout.predict_masks(dec, feats, pe, sparse, dense)
 
     @torch.inference_mode()
     def upsample(self, logits: torch.Tensor) -> torch.Tensor:
