@@ -9,14 +9,19 @@ share of the peak. Stages that run no torch work (post-processing, the weights-f
 Also the ratio of decoding K=30 prompts to decoding the --grid x --grid point grid, on the same
 embedding. Imports no ROS: it runs wherever the core runs (scripts/gpu_bench.sh).
 
+--decoders folded,library times each SAM row with each decoder layout (sam.decoder) on the same
+loaded model, one after the other, and prints their decode-time ratio; --compile runs them
+through torch.compile (sam.compile; the warm-up run pays the compilation).
+
     uois-sam-bench stages [--models vit_synth,vit_t,vit_b] [--device cpu|cuda] [--dtype fp32|bf16|fp16]
-                          [--repeats 2] [--grid 32] [--json out.json]
+                          [--decoders folded[,library]] [--compile] [--repeats 2] [--grid 32] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import platform
 import sys
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 
 from uois_sam_ros.bench.flops import count_stage_flops, instrument, matmul_peak, sync
-from uois_sam_ros.core.config import DTYPES, config_from_dict
+from uois_sam_ros.core.config import DTYPES, SAM_DECODERS, config_from_dict
 from uois_sam_ros.core.segment.hpg import HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
 from uois_sam_ros.core.segment.pipeline import UOISPipeline
 from uois_sam_ros.core.segment.prompting import grid_prompts
@@ -37,7 +42,7 @@ from uois_sam_ros.core.types import Frame, Intrinsics, Prompts
 
 STAGES = ("prompts", "embedding", "decode", "postprocess", "total")
 COLUMNS = ("method", "stage", "seconds", "GFLOP", "GFLOP/s", "% peak", "K", "masks")
-WIDTHS = (30, 12, 10, 10, 10, 8, 5, 6)
+WIDTHS = (44, 12, 10, 10, 10, 8, 5, 6)
 
 
 # ---------------------------------------------------------------------------------------- frame
@@ -222,10 +227,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="plain: a numpy-rendered tabletop, the same on every machine (no open3d); synthetic: scene 0 "
                          "of uois-sam-synth (needs open3d); auto: synthetic where open3d imports, else plain")
     ap.add_argument("--no-weights-free", action="store_true", help="skip the weights-free row")
+    ap.add_argument("--decoders", default="folded",
+                    help="comma-separated sam.decoder layouts to time per SAM row: folded (the default), library "
+                         "(segment-anything's predict_masks)")
+    ap.add_argument("--compile", action="store_true", help="sam.compile: torch.compile the encoder and decoder")
     ap.add_argument("--json", type=Path, help="also write the peak and every row here as JSON")
     args = ap.parse_args(argv)
     if args.dtype not in DTYPES:
         print(f"error: --dtype {args.dtype!r} is not valid; use one of {' | '.join(DTYPES)}", file=sys.stderr)
+        return 2
+    decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
+    bad = [d for d in decoders if d not in SAM_DECODERS]
+    if bad or not decoders:
+        print(f"error: --decoders {args.decoders!r}: use one or more of {','.join(SAM_DECODERS)}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -256,40 +270,26 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": dtype, "dtype_asked": args.dtype, "threads": args.threads, "repeats": args.repeats,
         "frame": frame_desc, "hpg": "shipped" if hpg_shipped else "random",
         "peak": {"gflops": peak.gflops, "n": peak.n, "dtype": peak.dtype, "seconds": peak.seconds},
-        "tf32": tf32 if cuda else None, "rows": [], "ratios": []}
+        "tf32": tf32 if cuda else None, "compile": args.compile, "rows": [], "ratios": [], "decoder_ratios": []}
     ratio_lines = []
     for mt in [m.strip() for m in args.models.split(",") if m.strip()]:
-        pipe, name, shipped = sam_pipeline(mt, hpg, hpg_shipped, args.device, dtype)
-        secs, inst = _timed(pipe, frame, args.repeats, cuda)
-        stages = stage_rows(secs, count_stage_flops(pipe, frame), peak.gflops)
-        k = len(pipe.last_prompts) if pipe.last_prompts is not None else 0
-        print_rows(name, stages, k, len(inst))
-        sys.stdout.flush()
-        row: dict[str, Any] = {"method": name, "model_type": mt, "shipped": shipped, "K": k, "masks": len(inst),
-                               "stages": stages}
-        if args.grid > 0:  # decoding K=30 vs the grid, on the embedding of this frame
-            seg = pipe.segmenter
-            seg.set_frame(frame)  # the run above skips the encoder when HPG finds no prompt
-            sync(args.device)
-            g6 = grid_prompts(6, frame.height, frame.width)
-            k30 = Prompts(g6.points[:30], g6.labels[:30], g6.scores[:30])
-            grid = grid_prompts(args.grid, frame.height, frame.width)
-            t = time.perf_counter()
-            seg.decode_lowres(k30)
-            sync(args.device)
-            t30 = time.perf_counter() - t
-            t = time.perf_counter()
-            for s in range(0, len(grid), 256):
-                seg.decode_lowres(Prompts(grid.points[s:s + 256], grid.labels[s:s + 256], grid.scores[s:s + 256]))
-            sync(args.device)
-            tg = time.perf_counter() - t
-            mname = f"{mt} (shipped)" if shipped else mt
-            ratio_lines.append(f"{mname}: decode K=30 {t30:.3f} s, {args.grid}x{args.grid} grid "
-                               f"({len(grid)} prompts) {tg:.3f} s, ratio {t30 / tg:.4f} ({tg / t30:.1f}x faster)")
-            ratio = {"k30_s": t30, "grid": args.grid, "grid_prompts": len(grid), "grid_s": tg, "ratio": t30 / tg}
-            row["grid_ratio"] = ratio
-            result["ratios"].append({"model": mname, **ratio})
-        result["rows"].append(row)
+        pipe, base_name, shipped = sam_pipeline(mt, hpg, hpg_shipped, args.device, dtype)
+        decode_s: dict[str, float] = {}
+        for decoder in decoders:
+            pipe.reconfigure(dataclasses.replace(pipe.config, sam=dataclasses.replace(
+                pipe.config.sam, decoder=decoder, compile=args.compile)))
+            tag = [decoder] if len(decoders) > 1 else []
+            name = " ".join([base_name, *tag, *(["compiled"] if args.compile else [])])
+            decode_s[decoder] = _sam_row(pipe, name, mt, shipped, decoder, frame, peak, args, cuda, result,
+                                         ratio_lines)
+        if len(decoders) > 1:
+            ref = decoders[-1]
+            for d in decoders[:-1]:
+                line = (f"{mt}{' (shipped)' if shipped else ''} decode: {d} {decode_s[d]:.3f} s, {ref} "
+                        f"{decode_s[ref]:.3f} s ({decode_s[ref] / max(decode_s[d], 1e-9):.2f}x)")
+                ratio_lines.append(line)
+                result["decoder_ratios"].append({"model": mt, "decoder": d, "seconds": decode_s[d],
+                                                 "reference": ref, "reference_seconds": decode_s[ref]})
         del pipe
         if cuda:
             torch.cuda.empty_cache()
@@ -311,6 +311,44 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _sam_row(pipe: UOISPipeline, name: str, mt: str, shipped: bool, decoder: str, frame: Frame, peak: Any,
+             args: argparse.Namespace, cuda: bool, result: dict[str, Any], ratio_lines: list[str]) -> float:
+    """Time, count and print one SAM row (and its K=30 / grid ratio); returns its decode seconds."""
+    secs, inst = _timed(pipe, frame, args.repeats, cuda)
+    stages = stage_rows(secs, count_stage_flops(pipe, frame), peak.gflops)
+    k = len(pipe.last_prompts) if pipe.last_prompts is not None else 0
+    print_rows(name, stages, k, len(inst))
+    sys.stdout.flush()
+    row: dict[str, Any] = {"method": name, "model_type": mt, "shipped": shipped, "decoder": decoder,
+                           "compile": bool(args.compile), "K": k, "masks": len(inst), "stages": stages}
+    if args.grid > 0:  # decoding K=30 vs the grid, on the embedding of this frame
+        seg = pipe.segmenter
+        seg.set_frame(frame)  # the run above skips the encoder when HPG finds no prompt
+        sync(args.device)
+        g6 = grid_prompts(6, frame.height, frame.width)
+        k30 = Prompts(g6.points[:30], g6.labels[:30], g6.scores[:30])
+        grid = grid_prompts(args.grid, frame.height, frame.width)
+        seg.decode_lowres(k30)  # warm (a compiled decoder compiles this size here)
+        sync(args.device)
+        t = time.perf_counter()
+        seg.decode_lowres(k30)
+        sync(args.device)
+        t30 = time.perf_counter() - t
+        t = time.perf_counter()
+        for s in range(0, len(grid), 256):
+            seg.decode_lowres(Prompts(grid.points[s:s + 256], grid.labels[s:s + 256], grid.scores[s:s + 256]))
+        sync(args.device)
+        tg = time.perf_counter() - t
+        mname = name.removeprefix("uois_sam ")
+        ratio_lines.append(f"{mname}: decode K=30 {t30:.3f} s, {args.grid}x{args.grid} grid "
+                           f"({len(grid)} prompts) {tg:.3f} s, ratio {t30 / tg:.4f} ({tg / t30:.1f}x faster)")
+        ratio = {"k30_s": t30, "grid": args.grid, "grid_prompts": len(grid), "grid_s": tg, "ratio": t30 / tg}
+        row["grid_ratio"] = ratio
+        result["ratios"].append({"model": mname, **ratio})
+    result["rows"].append(row)
+    return float(secs.get("decode", 0.0))
 
 
 if __name__ == "__main__":
