@@ -10,7 +10,9 @@
 # WHEELS defaults to .whl in the repo root (git-ignored; name it in the device tool's carry).
 # Environment: PYTHON (the interpreter that holds torch; run: python3, prepare/dry-run: .venv/bin/python
 # when present), OUT (run: where the JSON and logs go, default out/gpu_bench), MODELS, DTYPES, REPEATS,
-# GRID, THREADS (run's bench options), DEVICE (run: cuda; cpu walks the same path on a machine without one).
+# GRID, THREADS, DECODERS (default folded,library: both decoder layouts per model), COMPILE=1 (adds
+# --compile: sam.compile, its compile time is paid in the warm-up) (run's bench options), DEVICE (run: cuda;
+# cpu walks the same path on a machine without one).
 #
 # The install, in every mode: a venv made with --without-pip whose site-packages holds a .pth that adds
 # the torch interpreter's site-packages *after* the venv's own. Not --system-site-packages: the GPU
@@ -160,7 +162,7 @@ dry-run)
     done
     say "install done in $((SECONDS - start)) s (no rclpy, no open3d); CPU bench:"
     OMP_NUM_THREADS="${THREADS:-2}" bench "$tmp/venv" --device cpu --models vit_synth --repeats 1 --grid 4 \
-        --threads "${THREADS:-2}" --peak-seconds 0.5 --json "$tmp/stages.json"
+        --threads "${THREADS:-2}" --peak-seconds 0.5 --decoders folded,library --json "$tmp/stages.json"
     say "dry-run passed in $((SECONDS - start)) s"
     ;;
 run)
@@ -184,7 +186,8 @@ run)
         set +e
         PYTHONUNBUFFERED=1 bench "$tmp/venv" --device "$device" --dtype "$dt" \
             --models "${MODELS:-vit_synth,vit_t,vit_b,vit_l,vit_h}" --repeats "${REPEATS:-3}" --grid "${GRID:-32}" \
-            --threads "${THREADS:-8}" --json "$out/stages_$dt.json" 2>&1 | tee "$out/stages_$dt.log"
+            --threads "${THREADS:-8}" --decoders "${DECODERS:-folded,library}" ${COMPILE:+--compile} \
+            --json "$out/stages_$dt.json" 2>&1 | tee "$out/stages_$dt.log"
         rc=${PIPESTATUS[0]}
         set -e
         say "--dtype $dt: exit $rc after $((SECONDS - start)) s"
