@@ -19,6 +19,10 @@ Like the other trainers: --max-minutes budget, --resume from --work-dir, a CSV l
 --device, --seed, the best checkpoint by validation, and OUT.json beside --out with the
 command, the data and the held-out figures (--eval-data: mIoU_full / mIoU_occ against the
 visible-mask and convex-hull baselines, and ms per instance).
+
+Under torchrun every process runs the same command (training/dist.py): --batch-size (completer)
+or --images-per-step (sameo/sca) is the global batch, each process takes its contiguous share of
+it, and rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from uois_sam_ros.core.amodal.occlusion import occlusion_order
 from uois_sam_ros.core.amodal.taos import TaosParams, paste_occluder
 from uois_sam_ros.core.weights import save_torch_atomic
 from uois_sam_ros.training.common import CsvLog, HelpFormatter, TrainingError, pick_device
+from uois_sam_ros.training.dist import DistContext, error_line, init_distributed
 
 STATE_VERSION = 1
 
@@ -238,13 +243,16 @@ def completer_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: floa
 
 
 @torch.no_grad()
-def completer_val(model: CompleterNet, val: dict[str, np.ndarray], device: torch.device, s: CompleterSettings
-                  ) -> dict[str, float]:
+def completer_val(model: CompleterNet, val: dict[str, np.ndarray], device: torch.device, s: CompleterSettings,
+                  dist: DistContext | None = None) -> dict[str, float]:
     """Crop-level validation: loss, and the IoU of the hidden part (p > 0.5 outside the visible
-    channel) against the GT hidden part, over the occluded samples."""
+    channel) against the GT hidden part, over the occluded samples. With several processes each
+    scores every N-th chunk of 256 crops and the sums are all-reduced."""
     model.eval()
+    ctx = dist or DistContext()
     losses, inter, union = [], 0.0, 0.0
-    for a in range(0, len(val["x"]), 256):
+    starts = range(0, len(val["x"]), 256)
+    for a in (starts[i] for i in ctx.strided(len(starts))):
         x = torch.from_numpy(val["x"][a:a + 256].astype(np.float32)).to(device)
         y = torch.from_numpy(val["y"][a:a + 256]).to(device)
         lg = model(x)
@@ -255,16 +263,66 @@ def completer_val(model: CompleterNet, val: dict[str, np.ndarray], device: torch
         gt_h = y & ~vis & occ[:, None, None]
         inter += float((pred_h & gt_h).sum())
         union += float((pred_h | gt_h).sum())
-    return {"val_loss": float(np.sum(losses) / max(len(val["x"]), 1)),
+    loss_sum, inter, union = ctx.sum([float(np.sum(losses)), inter, union])
+    return {"val_loss": float(loss_sum / max(len(val["x"]), 1)),
             "val_hidden_iou": inter / union if union else math.nan}
+
+
+def _completer_shard_loss(model: CompleterNet, x: torch.Tensor, y: torch.Tensor, n_global: int, dice_weight: float,
+                          world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's part of completer_loss over a global batch of n_global crops: its crops' BCE
+    and Dice sums / the global batch's normalisers, times world (DDP's gradient average undoes it)."""
+    logits = model(x)
+    t = y.float()
+    numel = n_global * t.shape[-2] * t.shape[-1]
+    bce = F.binary_cross_entropy_with_logits(logits, t, weight=pixel_weights(x), reduction="sum") / numel
+    p = logits.sigmoid().flatten(1)
+    tf = t.flatten(1)
+    dice = (1.0 - (2.0 * (p * tf).sum(1) + 1.0) / (p.sum(1) + tf.sum(1) + 1.0)).sum() / n_global
+    part = bce + dice_weight * dice
+    return world * part, part.detach()
+
+
+def completer_batch(train: dict[str, np.ndarray], idx: np.ndarray, flip: np.ndarray | None, device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops idx (float32 inputs, bool targets) on device, flipped horizontally where flip is True."""
+    x = torch.from_numpy(train["x"][idx].astype(np.float32)).to(device)
+    y = torch.from_numpy(train["y"][idx]).to(device)
+    if flip is not None:
+        f = torch.from_numpy(flip).to(device)
+        x = torch.where(f[:, None, None, None], x.flip(-1), x)
+        y = torch.where(f[:, None, None], y.flip(-1), y)
+    return x, y
+
+
+def shard_completer_step(model: CompleterNet, step: torch.nn.Module, opt: torch.optim.Optimizer,
+                         train: dict[str, np.ndarray], idx: np.ndarray, flip: np.ndarray | None,
+                         s: CompleterSettings, device: torch.device, ctx: DistContext) -> float:
+    """One optimiser step on the global batch idx (its flips drawn by every process), this process
+    taking ctx.shard of it; the global batch's mean loss. Equals the single-process step."""
+    part = ctx.shard(len(idx))
+    x, y = completer_batch(train, idx[part], None if flip is None else flip[part], device)
+    model.train()
+    loss, mine = step(x, y, len(idx), s.dice_weight, ctx.world_size)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return ctx.sum([float(mine)])[0]
 
 
 def train_completer(train: dict[str, np.ndarray], val: dict[str, np.ndarray], out: str | Path, work_dir: str | Path,
                     arch: dict[str, Any], s: CompleterSettings, device: str = "cpu", resume: bool = False,
-                    max_minutes: float = 0.0, meta: dict | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train on prepared crops; the best-val_loss checkpoint goes to out (fp16, with arch + meta)."""
+                    max_minutes: float = 0.0, meta: dict | None = None, progress: bool = True,
+                    dist: DistContext | None = None) -> dict[str, Any]:
+    """Train on prepared crops; the best-val_loss checkpoint goes to out (fp16, with arch + meta).
+
+    dist: several processes (see training.dist): s.batch_size is the global batch, device is
+    dist.device, rank 0 writes the files; the clock of the budget is the slowest process's."""
     from tqdm import tqdm
 
+    ctx = dist or DistContext()
+    progress = progress and ctx.is_main
+    ctx.check_divisible(s.batch_size, "--batch-size")
     dev = torch.device(device)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -276,67 +334,76 @@ def train_completer(train: dict[str, np.ndarray], val: dict[str, np.ndarray], ou
     steps_per_epoch = max(1, n // s.batch_size)
     total_steps = max(1, int(round(s.epochs * steps_per_epoch)))
     step, best, best_step, history, prior_s = 0, math.inf, -1, [], 0.0
-    if resume and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        if st.get("version") != STATE_VERSION or st.get("arch") != arch:
-            raise TrainingError(f"{state_path} is from another run (arch or format differs); drop --resume")
+    st = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.is_file() else None
+    ctx.raise_any(f"{state_path} is from another run (arch or format differs); drop --resume"
+                  if st is not None and (st.get("version") != STATE_VERSION or st.get("arch") != arch) else None)
+    if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         step, best, best_step, prior_s = int(st["step"]), float(st["best"]), int(st["best_step"]), float(st["seconds"])
         history = list(st.get("history", []))
+    step_fn = ctx.wrap(model, _completer_shard_loss) if ctx.enabled else None
     log = CsvLog(work / "completer_log.csv", ["step", "epoch", "lr", "train_loss", "val_loss", "val_hidden_iou",
-                                              "best", "seconds"])
+                                              "best", "seconds"]) if ctx.is_main else None
     t0 = time.time()
     budget = max_minutes * 60.0
 
     def elapsed() -> float:
         return prior_s + time.time() - t0
 
+    def clock() -> float:
+        """elapsed() for the budget's stop and learning-rate decisions: the same on every process."""
+        return ctx.max(elapsed()) if ctx.enabled and budget > 0 else elapsed()
+
     def save_state() -> None:
+        if not ctx.is_main:
+            return
         save_torch_atomic({"version": STATE_VERSION, "arch": arch, "step": step, "best": best,
                            "best_step": best_step, "seconds": elapsed(), "history": history,
                            "model": model.state_dict(), "optimizer": opt.state_dict()}, state_path)
 
-    untrained = completer_val(model, val, dev, s) if step == 0 else None
+    untrained = completer_val(model, val, dev, s, ctx) if step == 0 else None
     rng = np.random.default_rng([s.seed, 3])
     bar = tqdm(total=total_steps, initial=step, desc="train completer", unit="step", file=sys.stderr,
                disable=not progress)
     run_loss, run_n = 0.0, 0
-    while step < total_steps and not (budget > 0 and elapsed() >= budget):
-        frac = min(1.0, max(step / total_steps, elapsed() / budget if budget > 0 else 0.0))
+    while step < total_steps and not (budget > 0 and clock() >= budget):
+        frac = min(1.0, max(step / total_steps, clock() / budget if budget > 0 else 0.0))
         lr = s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         epoch_rng = np.random.default_rng([s.seed, step // steps_per_epoch])
         perm = epoch_rng.permutation(n)
         idx = np.sort(perm[(step % steps_per_epoch) * s.batch_size:][:s.batch_size])
-        x = torch.from_numpy(train["x"][idx].astype(np.float32)).to(dev)
-        y = torch.from_numpy(train["y"][idx]).to(dev)
-        if s.augment:
-            flip = torch.from_numpy(rng.random(len(idx)) < 0.5).to(dev)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            y = torch.where(flip[:, None, None], y.flip(-1), y)
-        model.train()
-        loss = completer_loss(model(x), y, s.dice_weight, pixel_weights(x))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run_loss += float(loss.detach())
+        flip = rng.random(len(idx)) < 0.5 if s.augment else None  # every process draws the global batch's
+        if step_fn is not None:
+            run_loss += shard_completer_step(model, step_fn, opt, train, idx, flip, s, dev, ctx)
+        else:
+            x, y = completer_batch(train, idx, flip, dev)
+            model.train()
+            loss = completer_loss(model(x), y, s.dice_weight, pixel_weights(x))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run_loss += float(loss.detach())
         run_n += 1
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{run_loss / run_n:.4f}", lr=f"{lr:.1e}")
-        done = step >= total_steps or (budget > 0 and elapsed() >= budget)
+        done = step >= total_steps or (budget > 0 and clock() >= budget)
         if step % steps_per_epoch == 0 or done:
-            v = completer_val(model, val, dev, s)
+            v = completer_val(model, val, dev, s, ctx)
             improved = v["val_loss"] < best
             if improved:
                 best, best_step = v["val_loss"], step
+            if improved and ctx.is_main:
                 save_completer(out, model, arch, {**(meta or {}), "step": step, **v})
             history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), **v,
                             "train_loss": run_loss / max(run_n, 1)})
-            log.write({"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr,
-                       "train_loss": run_loss / max(run_n, 1), **v, "best": int(improved), "seconds": round(elapsed(), 1)})
+            if log:
+                log.write({"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr,
+                          "train_loss": run_loss / max(run_n, 1), **v, "best": int(improved),
+                          "seconds": round(elapsed(), 1)})
             if progress:
                 print(f"step {step}: val loss {v['val_loss']:.4f} hidden IoU {v['val_hidden_iou']:.3f}"
                       f"{' (best)' if improved else ''}", file=sys.stderr)
@@ -407,15 +474,19 @@ def sam_items(model: Any, scenes: list[Scene], rng: np.random.Generator, s: SamS
 
 
 @torch.no_grad()
-def sam_val(model: Any, items: list, sca: Any = None, box_expand: float = 0.2) -> dict[str, float]:
-    """mIoU_full / mIoU_occ (x100) on prepared held-out items, visible boxes as prompts."""
+def sam_val(model: Any, items: list, sca: Any = None, box_expand: float = 0.2, dist: DistContext | None = None
+            ) -> dict[str, float]:
+    """mIoU_full / mIoU_occ (x100) on prepared held-out items, visible boxes as prompts. With
+    several processes each scores every N-th item and the IoU sums are all-reduced."""
     from uois_sam_ros.core.amodal.sameo import mask_boxes, predict_item
     from uois_sam_ros.core.amodal.sca import box_prior, expand_boxes
     from uois_sam_ros.core.eval.amodal_metrics import AmodalAccumulator
 
+    ctx = dist or DistContext()
     acc = AmodalAccumulator()
     size = int(model.image_encoder.img_size)
-    for i, it in enumerate(items):
+    for i in ctx.strided(len(items)):
+        it = items[i]
         if sca is None:
             am, _ = predict_item(model, it)
         else:
@@ -428,20 +499,144 @@ def sam_val(model: Any, items: list, sca: Any = None, box_expand: float = 0.2) -
                                                                it.visible[k:k + 1], it.amodal[k:k + 1]),
                                               boxes[k:k + 1].numpy(), emb)
         acc.add(str(i), it.amodal, it.visible, am)
-    m = acc.means(with_ap=False)
-    return {"val_miou_full": m["mIoU_full"], "val_miou_occ": m["mIoU_occ"]}
+    full, n_full, occ, n_occ = ctx.sum([float(np.sum(acc.full)), len(acc.full), float(np.sum(acc.occ)), len(acc.occ)])
+    # = acc.means()'s 100 * mean over the instances, on one process
+    return {"val_miou_full": 100.0 * full / n_full if n_full else math.nan,
+            "val_miou_occ": 100.0 * occ / n_occ if n_occ else math.nan}
+
+
+def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
+    """0 on every trained parameter: a process with nothing in a step still joins the gradient
+    average (DDP expects a gradient for each of them)."""
+    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+
+
+def _sameo_shard_loss(model: Any, items: list, boxes: list[np.ndarray], n_items: int, world: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's part of sameo_step's loss: the sum of its items' losses (each as sameo_step
+    computes it, with the boxes drawn already) / n_items (the global batch's items), times world
+    (DDP's gradient average undoes it)."""
+    from uois_sam_ros.core.amodal.sameo import crop_logits, decode_boxes, item_targets, sameo_loss
+
+    if not items:
+        return _zero_loss(model), torch.zeros(())
+    total = torch.zeros((), device=items[0].image.device)
+    for item, b in zip(items, boxes, strict=True):
+        if item.embedding is not None:
+            emb = item.embedding
+        else:
+            with torch.no_grad():
+                emb = model.image_encoder(item.image)
+        gt, grid = item_targets(model, item)
+        logits, iou = decode_boxes(model, emb, torch.from_numpy(b).to(emb.device))
+        total = total + sameo_loss(crop_logits(logits, grid), iou, gt)[0]
+    return total * (world / n_items), total.detach() / n_items
+
+
+def _sca_shard_loss(parts: torch.nn.ModuleDict, items: list, picks: list[np.ndarray], n_items: int,
+                    box_expand: float, reg_weight: float, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's part of sca_step's loss (parts: 'sam' and its 'sca' adapters): the sum of its
+    items' losses, each as sca_step computes it with the instances drawn already (picks), / n_items,
+    times world (DDP's gradient average undoes it)."""
+    from uois_sam_ros.core.amodal.sca import sca_item_loss
+
+    model, sca = parts["sam"], parts["sca"]
+    if not items:
+        return _zero_loss(sca), torch.zeros(())
+    total = torch.zeros((), device=items[0].image.device)
+    for item, idx in zip(items, picks, strict=True):
+        total = total + sca_item_loss(model, sca, item, idx, box_expand, reg_weight)[0]
+    return total * (world / n_items), total.detach() / n_items
+
+
+def _sca_shard_loss(parts: torch.nn.ModuleDict, items: list, picks: list[np.ndarray], n_items: int,
+                    box_expand: float, reg_weight: float, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's part of sca_step's loss (parts: 'sam' and its 'sca' adapters): the sum of its
+    items' losses, each as sca_step computes it with the instances drawn already (picks), / n_items,
+    times world (DDP's gradient average undoes it)."""
+    from uois_sam_ros.core.amodal.sameo import crop_logits, decode_boxes, dice_loss, item_targets, mask_boxes
+    from uois_sam_ros.core.amodal.sca import BCE_WEIGHT, box_prior, expand_boxes, regional_consistency_loss
+
+    model, sca = parts["sam"], parts["sca"]
+    if not items:
+        return _zero_loss(sca), torch.zeros(())
+    size = int(model.image_encoder.img_size)
+    total = torch.zeros((), device=items[0].image.device)
+    for item, idx in zip(items, picks, strict=True):  # the loop body of sca_step
+        vis, am = item.visible[idx], item.amodal[idx]
+        h, w = item.input_hw
+        boxes = expand_boxes(mask_boxes(np.where(vis.any(axis=(1, 2))[:, None, None], vis, am)),
+                             box_expand, w, h).to(item.image.device)
+        prior = box_prior(boxes, size, item.image.device)
+        emb = sca.encode(model.image_encoder, item.image.expand(len(idx), -1, -1, -1), prior)
+        gt, grid = item_targets(model, type(item)(item.image, item.input_hw, item.original_hw, vis, am))
+        logits = torch.cat([decode_boxes(model, emb[i:i + 1], boxes[i:i + 1])[0] for i in range(len(idx))])
+        lg = crop_logits(logits, grid)
+        seg = dice_loss(lg, gt) + BCE_WEIGHT * F.binary_cross_entropy_with_logits(
+            lg, gt.float(), reduction="none").flatten(1).mean(1)
+        vis_in = torch.from_numpy(np.pad(vis, ((0, 0), (0, size - h), (0, size - w)))).to(emb.device)
+        occ_in = torch.from_numpy(np.pad(am & ~vis, ((0, 0), (0, size - h), (0, size - w)))).to(emb.device)
+        total = total + seg.mean() + reg_weight * regional_consistency_loss(emb, vis_in, occ_in)
+    return total * (world / n_items), total.detach() / n_items
+
+
+def shard_sam_step(kind: str, model: Any, sca: Any, step: torch.nn.Module, opt: torch.optim.Optimizer,
+                   scenes: list[Scene], rng: np.random.Generator, s: SamSettings, ctx: DistContext
+                   ) -> dict[str, float]:
+    """sameo_step / sca_step on a global batch of scenes, this process taking ctx.shard of the
+    scenes (with their TAOS copies). Every process prepares every scene's items and draws every
+    item's boxes (sameo) or instances (sca) from rng in order, the single-process stream, so all
+    know the global item count, the loss normaliser. {} when no item has an instance (no step,
+    on every process, as on one). Returns the global batch's mean loss."""
+    from uois_sam_ros.core.amodal.sameo import pick_boxes
+
+    per_scene = [sam_items(model, [sc], rng, s) for sc in scenes]  # = sam_items(model, scenes, rng, s)
+    items = [(j, it) for j, its in enumerate(per_scene) for it in its]
+    draws: list[np.ndarray | None] = []
+    for _, it in items:  # in the order sameo_step / sca_step draw
+        k = len(it.amodal)
+        if k == 0:
+            draws.append(None)
+        elif kind == "sameo":
+            draws.append(pick_boxes(it.visible, it.amodal, rng, s.modal_prob))
+        else:
+            draws.append(np.sort(rng.choice(k, size=min(k, s.max_instances), replace=False)))
+    n_items = sum(d is not None for d in draws)
+    if n_items == 0:
+        return {}
+    share = set(range(len(scenes))[ctx.shard(len(scenes))])
+    mine = [i for i, (j, _) in enumerate(items) if j in share and draws[i] is not None]
+    trained = model.mask_decoder if sca is None else sca
+    trained.train()
+    args = ([items[i][1] for i in mine], [draws[i] for i in mine], n_items)
+    if sca is None:
+        loss, part = step(*args, ctx.world_size)
+    else:
+        loss, part = step(*args, s.box_expand, s.reg_weight, ctx.world_size)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    trained.eval()
+    return {"loss": ctx.sum([float(part)])[0]}
 
 
 def train_sam_amodal(kind: str, model: Any, train: list[Scene], val: list[Scene], out: str | Path,
                      work_dir: str | Path, s: SamSettings, resume: bool = False, max_minutes: float = 0.0,
-                     meta: dict | None = None, progress: bool = True) -> dict[str, Any]:
+                     meta: dict | None = None, progress: bool = True, dist: DistContext | None = None
+                     ) -> dict[str, Any]:
     """SAMEO decoder (kind 'sameo') or SCA adapters (kind 'sca') on scenes; the checkpoint with the
-    best validation mIoU_full + mIoU_occ goes to out, with the untrained figures in its meta."""
+    best validation mIoU_full + mIoU_occ goes to out, with the untrained figures in its meta.
+
+    dist: several processes (see training.dist): s.images_per_step is the global batch, model is
+    on dist.device, rank 0 writes the files; the clock of the budget is the slowest process's."""
     from tqdm import tqdm
 
     from uois_sam_ros.core.amodal.sameo import decoder_optimizer, sameo_step, save_decoder
     from uois_sam_ros.core.amodal.sca import SpatialCompletion, adapter_optimizer, save_sca, sca_step
 
+    ctx = dist or DistContext()
+    progress = progress and ctx.is_main
+    ctx.check_divisible(s.images_per_step, "--images-per-step")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / f"{kind}_last.pt"
@@ -458,22 +653,30 @@ def train_sam_amodal(kind: str, model: Any, train: list[Scene], val: list[Scene]
     step, best, best_step, history, prior_s = 0, -math.inf, -1, [], 0.0
     vrng = np.random.default_rng([s.seed, 99])
     val_items = sam_items(model, val, vrng, s, taos=False)
-    untrained = sam_val(model, val_items, sca, s.box_expand)
-    if resume and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        if st.get("version") != STATE_VERSION or st.get("kind") != kind:
-            raise TrainingError(f"{state_path} is from another kind of run; drop --resume")
+    untrained = sam_val(model, val_items, sca, s.box_expand, ctx)
+    st = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.is_file() else None
+    ctx.raise_any(f"{state_path} is from another kind of run; drop --resume"
+                  if st is not None and (st.get("version") != STATE_VERSION or st.get("kind") != kind) else None)
+    if st is not None:
         trained.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         step, best, best_step, prior_s = int(st["step"]), float(st["best"]), int(st["best_step"]), float(st["seconds"])
         history, untrained = list(st.get("history", [])), st.get("untrained", untrained)
+    step_fn = None
+    if ctx.enabled:  # DDP over the trained part: the decoder's parameters, or the adapters'
+        step_fn = ctx.wrap(model, _sameo_shard_loss) if sca is None else \
+            ctx.wrap(torch.nn.ModuleDict({"sam": model, "sca": sca}), _sca_shard_loss)
     log = CsvLog(work / f"{kind}_log.csv", ["step", "lr", "train_loss", "val_miou_full", "val_miou_occ", "best",
-                                            "seconds"])
+                                            "seconds"]) if ctx.is_main else None
     t0 = time.time()
     budget = max_minutes * 60.0
 
     def elapsed() -> float:
         return prior_s + time.time() - t0
+
+    def clock() -> float:
+        """elapsed() for the budget's stop decisions: the same on every process."""
+        return ctx.max(elapsed()) if ctx.enabled and budget > 0 else elapsed()
 
     def save(v: dict) -> None:
         m = {**(meta or {}), "step": step, **v, "untrained": untrained}
@@ -484,38 +687,44 @@ def train_sam_amodal(kind: str, model: Any, train: list[Scene], val: list[Scene]
 
     bar = tqdm(total=s.steps, initial=step, desc=f"train {kind}", unit="step", file=sys.stderr, disable=not progress)
     losses: list[float] = []
-    while step < s.steps and not (budget > 0 and elapsed() >= budget):
+    while step < s.steps and not (budget > 0 and clock() >= budget):
         rng = np.random.default_rng([s.seed, step])
         pick = rng.choice(len(train), size=min(s.images_per_step, len(train)), replace=False)
-        items = sam_items(model, [train[i] for i in pick], rng, s)
-        if sca is None:
-            r = sameo_step(model, opt, items, rng, s.modal_prob)
-            lr = s.lr
-        else:
+        lr = s.lr
+        if sca is not None:
             lr = s.lr + (s.final_lr - s.lr) * step / max(s.steps - 1, 1)
             for g in opt.param_groups:
                 g["lr"] = lr
-            r = sca_step(model, sca, opt, items, rng, s.box_expand, s.reg_weight, s.max_instances)
+        if step_fn is not None:
+            r = shard_sam_step(kind, model, sca, step_fn, opt, [train[i] for i in pick], rng, s, ctx)
+        elif sca is None:
+            r = sameo_step(model, opt, sam_items(model, [train[i] for i in pick], rng, s), rng, s.modal_prob)
+        else:
+            r = sca_step(model, sca, opt, sam_items(model, [train[i] for i in pick], rng, s), rng, s.box_expand,
+                         s.reg_weight, s.max_instances)
         if r:
             losses.append(r["loss"])
         step += 1
         bar.update(1)
-        done = step >= s.steps or (budget > 0 and elapsed() >= budget)
+        done = step >= s.steps or (budget > 0 and clock() >= budget)
         if step % s.val_every == 0 or done:
-            v = sam_val(model, val_items, sca, s.box_expand)
+            v = sam_val(model, val_items, sca, s.box_expand, ctx)
             score = v["val_miou_full"] + v["val_miou_occ"]
             improved = score > best
             if improved:
                 best, best_step = score, step
+            if improved and ctx.is_main:
                 save(v)
             history.append({"step": step, **v, "train_loss": float(np.mean(losses)) if losses else math.nan})
-            log.write({"step": step, "lr": lr, "train_loss": float(np.mean(losses)) if losses else "", **v,
-                       "best": int(improved), "seconds": round(elapsed(), 1)})
+            if log:
+                log.write({"step": step, "lr": lr, "train_loss": float(np.mean(losses)) if losses else "", **v,
+                           "best": int(improved), "seconds": round(elapsed(), 1)})
             losses = []
-            save_torch_atomic({"version": STATE_VERSION, "kind": kind, "step": step, "best": best,
-                               "best_step": best_step, "seconds": elapsed(), "history": history,
-                               "untrained": untrained, "model": trained.state_dict(),
-                               "optimizer": opt.state_dict()}, state_path)
+            if ctx.is_main:
+                save_torch_atomic({"version": STATE_VERSION, "kind": kind, "step": step, "best": best,
+                                   "best_step": best_step, "seconds": elapsed(), "history": history,
+                                   "untrained": untrained, "model": trained.state_dict(),
+                                   "optimizer": opt.state_dict()}, state_path)
     bar.close()
     if sca is not None:
         sca.detach()
@@ -587,7 +796,7 @@ def _scenes(a: argparse.Namespace) -> tuple[list[Scene], list[Scene]]:
     return train, val
 
 
-def _main_completer(a: argparse.Namespace, meta: dict, dev: str) -> dict:
+def _main_completer(a: argparse.Namespace, meta: dict, dev: str, ctx: DistContext) -> dict:
     arch = dict(DEFAULT_ARCH)
     if a.arch:
         try:
@@ -600,30 +809,21 @@ def _main_completer(a: argparse.Namespace, meta: dict, dev: str) -> dict:
         raise TrainingError(str(e)) from None
     s = CompleterSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr or CompleterSettings.lr,
                           taos_per_scene=a.taos_per_scene, seed=a.seed)
+    ctx.check_divisible(s.batch_size, "--batch-size")
     work = Path(a.work_dir)
-    tag = f"{Path(a.data).name if a.data else f'synthetic{a.synthetic}'}_{a.limit}_{a.taos_per_scene}_{a.seed}_" \
-          f"{arch['crop_size']}{'_vis' if a.visible_only else ''}"
-    if a.val_data:
-        train = load_or_build(work / f"crops_train_{tag}.npz", lambda: build_completer_set(
-            read_scenes(a.data, a.annotations, a.limit, a.synthetic, a.synthetic_seed, a.visible_only), arch,
-            s.taos_per_scene, s.seed, not a.quiet, "train crops"))
-        val = load_or_build(work / f"crops_val_{Path(a.val_data).name}_{a.val_limit}_{arch['crop_size']}.npz",
-                            lambda: build_completer_set(read_scenes(a.val_data, a.val_annotations, a.val_limit), arch,
-                                                        0, s.seed, not a.quiet, "val crops"))
-    else:
-        tr, va = _scenes(a)
-        train = build_completer_set(iter(tr), arch, s.taos_per_scene, s.seed, not a.quiet, "train crops")
-        val = build_completer_set(iter(va), arch, 0, s.seed, not a.quiet, "val crops")
-    print(f"completer: {len(train['x'])} training crops ({int(train['taos'].sum())} TAOS, "
-          f"{int(train['occluded'].sum())} occluded), {len(val['x'])} validation crops", file=sys.stderr)
-    res = train_completer(train, val, a.out, work, arch, s, dev, a.resume, a.max_minutes, meta, not a.quiet)
+    with ctx.rank0_first():  # rank 0 writes the cached crops (--val-data), the others then read them
+        train, val = _completer_sets(a, arch, s, work, not a.quiet and ctx.is_main)
+    ctx.check_same("the training / validation crop counts", (len(train["x"]), len(val["x"])))
+    ctx.print(f"completer: {len(train['x'])} training crops ({int(train['taos'].sum())} TAOS, "
+              f"{int(train['occluded'].sum())} occluded), {len(val['x'])} validation crops")
+    res = train_completer(train, val, a.out, work, arch, s, dev, a.resume, a.max_minutes, meta, not a.quiet, ctx)
     doc = {"checkpoint": Path(a.out).name, "arch": arch, "parameters": res["parameters"],
            "training": {**meta, "settings": asdict(s), "train_crops": int(len(train["x"])),
                         "train_taos_crops": int(train["taos"].sum()), "val_crops": int(len(val["x"])),
                         "steps_run": res["steps"], "steps_per_epoch": res["steps_per_epoch"],
                         "best_step": res["best_step"], "seconds": round(res["seconds"], 1),
                         "untrained": res["untrained"], "val_history": res["history"]}}
-    if a.eval_data and Path(a.out).is_file():
+    if a.eval_data and Path(a.out).is_file() and ctx.is_main:  # scoring is one process's job
         n_scenes, figs = heldout_figures(a.out, a.eval_data, a.eval_annotations, dev)
         doc["heldout"] = {"data": a.eval_data, "scenes": n_scenes, "protocol": "GT visible masks as input "
                           "(--visible gt); mIoU x100, mIoU_occ over occluded instances", "methods": figs}
@@ -633,21 +833,43 @@ def _main_completer(a: argparse.Namespace, meta: dict, dev: str) -> dict:
     return doc
 
 
-def _main_sam(a: argparse.Namespace, meta: dict, dev: str) -> dict:
+def _completer_sets(a: argparse.Namespace, arch: dict[str, Any], s: CompleterSettings, work: Path,
+                    progress: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The training and validation crops (cached in work with --val-data)."""
+    tag = f"{Path(a.data).name if a.data else f'synthetic{a.synthetic}'}_{a.limit}_{a.taos_per_scene}_{a.seed}_" \
+          f"{arch['crop_size']}{'_vis' if a.visible_only else ''}"
+    if a.val_data:
+        train = load_or_build(work / f"crops_train_{tag}.npz", lambda: build_completer_set(
+            read_scenes(a.data, a.annotations, a.limit, a.synthetic, a.synthetic_seed, a.visible_only), arch,
+            s.taos_per_scene, s.seed, progress, "train crops"))
+        val = load_or_build(work / f"crops_val_{Path(a.val_data).name}_{a.val_limit}_{arch['crop_size']}.npz",
+                            lambda: build_completer_set(read_scenes(a.val_data, a.val_annotations, a.val_limit), arch,
+                                                        0, s.seed, progress, "val crops"))
+    else:
+        tr, va = _scenes(a)
+        train = build_completer_set(iter(tr), arch, s.taos_per_scene, s.seed, progress, "train crops")
+        val = build_completer_set(iter(va), arch, 0, s.seed, progress, "val crops")
+    return train, val
+
+
+def _main_sam(a: argparse.Namespace, meta: dict, dev: str, ctx: DistContext) -> dict:
     from uois_sam_ros.core.segment.sam_backend import default_sam_checkpoint, load_sam
 
     ckpt = a.sam_checkpoint or (str(default_sam_checkpoint(a.sam_type)) if default_sam_checkpoint(a.sam_type) else None)
     if ckpt is None:
         raise TrainingError(f"--sam-checkpoint is needed for {a.sam_type} (no shipped checkpoint)")
+    ctx.check_divisible(a.images_per_step, "--images-per-step")
     model = load_sam(a.sam_type, ckpt, device=dev)
-    train, val = _scenes(a)
+    with ctx.rank0_first():  # a folder that cannot be read: rank 0 says so, the others stop quietly
+        train, val = _scenes(a)
+    ctx.check_same("the training / validation scene counts", (len(train), len(val)))
     s = SamSettings(steps=a.steps, images_per_step=a.images_per_step, lr=a.lr or SamSettings.lr,
                     taos_prob=a.taos_prob, max_instances=a.max_instances, box_expand=a.box_expand,
                     val_every=a.val_every, seed=a.seed)
     res = train_sam_amodal(a.model, model, train, val, a.out, a.work_dir, s, a.resume, a.max_minutes,
-                           {**meta, "sam_type": a.sam_type, "sam_checkpoint": ckpt}, not a.quiet)
+                           {**meta, "sam_type": a.sam_type, "sam_checkpoint": ckpt}, not a.quiet, ctx)
     best = next((h for h in res["history"] if h["step"] == res["best_step"]), None)
-    if best:
+    if best and ctx.is_main:
         print(f"{a.model}: best val mIoU_full {best['val_miou_full']:.2f} mIoU_occ {best['val_miou_occ']:.2f} "
               f"at step {res['best_step']} (untrained {res['untrained']['val_miou_full']:.2f} / "
               f"{res['untrained']['val_miou_occ']:.2f})")
@@ -656,24 +878,37 @@ def _main_sam(a: argparse.Namespace, meta: dict, dev: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; under torchrun every process runs it with the same options (see training.dist)."""
     a = build_parser().parse_args(argv)
+    ctx: DistContext | None = None
+    ok = False
     try:
-        dev = str(pick_device(a.device))
+        dev = str(pick_device(a.device))  # 'auto' -> the device torch is given
+        ctx = init_distributed(dev)  # a plain run: one process, dev unchanged
+        dev = str(ctx.device)
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         meta = {"command": "uois-sam-train-amodal " + shlex.join(sys.argv[1:] if argv is None else argv),
                 "data": a.data or f"synthetic:{a.synthetic}@{a.synthetic_seed}",
                 "val_data": a.val_data or f"{a.val_split} split", "device": dev}
-        doc = _main_completer(a, meta, dev) if a.model == "completer" else _main_sam(a, meta, dev)
+        if ctx.enabled:
+            meta["world_size"] = ctx.world_size
+        doc = _main_completer(a, meta, dev, ctx) if a.model == "completer" else _main_sam(a, meta, dev, ctx)
         out = Path(a.out)
-        if out.is_file():
+        if ctx.is_main and out.is_file():
             out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=float))
             print(f"checkpoint {out} ({out.stat().st_size / 1e6:.2f} MB), notes {out.with_suffix('.json')}")
-        else:
+        elif ctx.is_main:
             print("no checkpoint written (no validation ran)", file=sys.stderr)
+        ok = True
     except (TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"uois-sam-train-amodal: error: {e}", file=sys.stderr)
+        line = error_line("uois-sam-train-amodal", e, ctx)
+        if line:
+            print(line, file=sys.stderr)
         return 2
+    finally:
+        if ctx is not None:
+            ctx.close(ok)
     return 0
 
 

@@ -222,6 +222,31 @@ def adapter_optimizer(model: nn.Module, sca: SpatialCompletion, lr: float = 1e-4
     return torch.optim.AdamW(sca.parameters(), lr=lr)
 
 
+def sca_item_loss(model: nn.Module, sca: SpatialCompletion, item: Any, idx: np.ndarray, box_expand: float = 0.2,
+                  reg_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training item's loss for its instances idx: (Dice + 10 * BCE averaged over them + reg_weight * L_reg,
+    the Dice + BCE part, L_reg). sca_step and the multi-process trainer both sum these."""
+    from uois_sam_ros.core.amodal.sameo import crop_logits, decode_boxes, dice_loss, item_targets, mask_boxes
+
+    size = int(model.image_encoder.img_size)
+    vis, am = item.visible[idx], item.amodal[idx]
+    h, w = item.input_hw
+    boxes = expand_boxes(mask_boxes(np.where(vis.any(axis=(1, 2))[:, None, None], vis, am)),
+                         box_expand, w, h).to(item.image.device)
+    prior = box_prior(boxes, size, item.image.device)
+    emb = sca.encode(model.image_encoder, item.image.expand(len(idx), -1, -1, -1), prior)
+    sub = type(item)(item.image, item.input_hw, item.original_hw, vis, am)
+    gt, grid = item_targets(model, sub)
+    logits = torch.cat([decode_boxes(model, emb[i:i + 1], boxes[i:i + 1])[0] for i in range(len(idx))])
+    lg = crop_logits(logits, grid)
+    seg = (dice_loss(lg, gt) + BCE_WEIGHT * F.binary_cross_entropy_with_logits(
+        lg, gt.float(), reduction="none").flatten(1).mean(1)).mean()
+    vis_in = torch.from_numpy(np.pad(vis, ((0, 0), (0, size - h), (0, size - w)))).to(emb.device)
+    occ_in = torch.from_numpy(np.pad(am & ~vis, ((0, 0), (0, size - h), (0, size - w)))).to(emb.device)
+    reg = regional_consistency_loss(emb, vis_in, occ_in)
+    return seg + reg_weight * reg, seg, reg
+
+
 def sca_step(model: nn.Module, sca: SpatialCompletion, optimizer: torch.optim.Optimizer, items: list,
              rng: Any, box_expand: float = 0.2, reg_weight: float = 1.0, max_instances: int = 4) -> dict[str, float]:
     """One optimiser step of the adapters: L = Dice + 10 * BCE + L_reg (eqs. 7-9).
@@ -235,33 +260,16 @@ def sca_step(model: nn.Module, sca: SpatialCompletion, optimizer: torch.optim.Op
     it would double the training cost and bring GAN instability to CPU-sized runs, and the shipped
     completer's training (which has no discriminator either) already learns object shapes from
     the rendered amodal masks."""
-    from uois_sam_ros.core.amodal.sameo import crop_logits, decode_boxes, dice_loss, item_targets, mask_boxes
-
     sca.train()
-    size = int(model.image_encoder.img_size)
     losses, seg_parts, reg_parts = [], [], []
     for item in items:
         k = len(item.amodal)
         if k == 0:
             continue
         idx = np.sort(rng.choice(k, size=min(k, max_instances), replace=False))
-        vis, am = item.visible[idx], item.amodal[idx]
-        h, w = item.input_hw
-        boxes = expand_boxes(mask_boxes(np.where(vis.any(axis=(1, 2))[:, None, None], vis, am)),
-                             box_expand, w, h).to(item.image.device)
-        prior = box_prior(boxes, size, item.image.device)
-        emb = sca.encode(model.image_encoder, item.image.expand(len(idx), -1, -1, -1), prior)
-        sub = type(item)(item.image, item.input_hw, item.original_hw, vis, am)
-        gt, grid = item_targets(model, sub)
-        logits = torch.cat([decode_boxes(model, emb[i:i + 1], boxes[i:i + 1])[0] for i in range(len(idx))])
-        lg = crop_logits(logits, grid)
-        seg = dice_loss(lg, gt) + BCE_WEIGHT * F.binary_cross_entropy_with_logits(
-            lg, gt.float(), reduction="none").flatten(1).mean(1)
-        vis_in = torch.from_numpy(np.pad(vis, ((0, 0), (0, size - h), (0, size - w)))).to(emb.device)
-        occ_in = torch.from_numpy(np.pad(am & ~vis, ((0, 0), (0, size - h), (0, size - w)))).to(emb.device)
-        reg = regional_consistency_loss(emb, vis_in, occ_in)
-        losses.append(seg.mean() + reg_weight * reg)
-        seg_parts.append(float(seg.mean().detach()))
+        loss, seg, reg = sca_item_loss(model, sca, item, idx, box_expand, reg_weight)
+        losses.append(loss)
+        seg_parts.append(float(seg.detach()))
         reg_parts.append(float(reg.detach()))
     if not losses:
         return {}
