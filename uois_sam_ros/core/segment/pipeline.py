@@ -44,7 +44,15 @@ from segment_anything.utils.amg import calculate_stability_score
 from uois_sam_ros.core.config import Config, ConfigError
 from uois_sam_ros.core.segment.hdnet import HDNet, default_hdnet_checkpoint, load_hdnet
 from uois_sam_ros.core.segment.hpg import HPG, HPGNet, crop_sam_embedding, upsample_map
-from uois_sam_ros.core.segment.postprocess import filter_masks, select_best, size_filter
+from uois_sam_ros.core.segment.postprocess import (
+    filter_masks,
+    filter_masks_t,
+    is_host_device,
+    kept_in_order,
+    select_best,
+    select_best_t,
+    size_filter_t,
+)
 from uois_sam_ros.core.segment.prompting import ForegroundGridPromptSource, GridPromptSource, amg_points
 from uois_sam_ros.core.segment.sam_backend import SamSegmenter, default_sam_checkpoint, lowres_to_hw
 from uois_sam_ros.core.types import Frame, Instances, Prompts
@@ -368,11 +376,11 @@ class UOISPipeline:
         with torch.inference_mode():
             if self.hdnet is not None:
                 scores = self.hdnet.adapted_iou(low.iou_pred, low.t_iou, low.t_mask)
-                cand = np.arange(scores.shape[1])
+                cand = slice(0, scores.shape[1])
                 threshold = cfg.hdnet.iou_threshold
             else:
                 scores = low.iou_pred.clone()
-                cand = np.arange(1, scores.shape[1]) if cfg.sam.multimask_output else np.array([0])
+                cand = slice(1, scores.shape[1]) if cfg.sam.multimask_output else slice(0, 1)
                 threshold = cfg.hdnet.sam_iou_threshold
                 if cfg.hdnet.stability_threshold > 0:
                     stab = calculate_stability_score(logits, self.segmenter.model.mask_threshold, 1.0)
@@ -380,27 +388,34 @@ class UOISPipeline:
                                          torch.full_like(scores, -np.inf))
         timings["decode"] = time.perf_counter() - t
 
+        # Selection, NMS and both size filters run where the decoder's outputs are. Nothing is read
+        # on the host until the kept set is known (its size says how many masks to upsample); the
+        # results then come over once.
         t = time.perf_counter()
-        sc = scores.float().cpu().numpy()[:, cand]
-        idx, best, keep = select_best(sc, threshold)
-        kept = np.flatnonzero(keep)
-        if len(kept) == 0:
-            timings["postprocess"] = time.perf_counter() - t
-            return self._empty(frame, timings, t0)
-        tok = cand[idx[kept]]
-        sel_logits = logits[torch.as_tensor(kept), torch.as_tensor(tok)]
-        lowmask = sel_logits > self.segmenter.model.mask_threshold
-        scale = (H / valid[0], W / valid[1])
-        order = filter_masks(lowmask, best[kept], cfg.postprocess, H, W, pixel_scale=scale)
-        kept = kept[order]
-        tok = tok[order]
-        masks = np.zeros((0, H, W), bool)
-        if len(kept):
-            full = self.segmenter.upsample(low.logits[torch.as_tensor(kept), torch.as_tensor(tok)]).cpu().numpy()
-            ok = size_filter(full, cfg.postprocess, H, W)
-            masks, kept, tok = full[ok], kept[ok], tok[ok]
-        final_scores = sc[kept, np.searchsorted(cand, tok)] if len(kept) else np.zeros(0, np.float32)
-        sam_iou = low.iou_pred.float().cpu().numpy()[kept, tok] if len(kept) else np.zeros(0, np.float32)
+        with torch.inference_mode():
+            dev = logits.device
+            sc = scores.float()[:, cand]
+            idx, best, keep = select_best_t(sc, threshold)
+            tok = idx + cand.start
+            # on the CPU reading a value costs nothing: drop the rejected prompts before the pairwise
+            # IoU; on a device they stay, masked by keep, so that nothing waits
+            rows = torch.nonzero(keep)[:, 0] if is_host_device(dev) else torch.arange(len(keep), device=dev)
+            lowmask = logits[rows, tok[rows]] > self.segmenter.model.mask_threshold
+            scale = (H / valid[0], W / valid[1])
+            order, ok = filter_masks_t(lowmask, best[rows], cfg.postprocess, H, W, pixel_scale=scale,
+                                       valid=keep[rows])
+            kept = rows[kept_in_order(order, ok)]
+            if len(kept) == 0:
+                timings["postprocess"] = time.perf_counter() - t
+                return self._empty(frame, timings, t0)
+            tok = tok[kept]
+            full = self.segmenter.upsample(low.logits[kept, tok])
+            fits = size_filter_t(full, cfg.postprocess, H, W)
+            ints = torch.stack([kept, tok, fits.long()]).cpu().numpy()
+            vals = torch.stack([sc[kept, tok - cand.start], low.iou_pred.float()[kept, tok]]).cpu().numpy()
+            full = full.cpu().numpy()
+        fits = ints[2].astype(bool)
+        masks, kept, final_scores, sam_iou = full[fits], ints[0][fits], vals[0][fits], vals[1][fits]
         srt = np.argsort(-final_scores, kind="stable")
         out = Instances(masks[srt], final_scores[srt], sam_iou=sam_iou[srt],
                         prompts=prompts.points[kept][srt], stamp=frame.stamp)
