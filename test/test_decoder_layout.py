@@ -160,8 +160,32 @@ def test_sam_decoder_value_is_checked() -> None:
 def _tiny_segmenter(**cfg) -> SamSegmenter:
     torch.manual_seed(0)
     model = _randomize(build_sam_architecture("vit_tiny", 256), 1)
-    return SamSegmenter(SamConfig(model_type="vit_tiny", allow_random_weights=True, image_size=256,
-                                  device="cpu", **cfg), model)
+    seg = SamSegmenter(SamConfig(model_type="vit_tiny", allow_random_weights=True, image_size=256,
+                                 device="cpu", **cfg), model)
+    seg.compile_decoder_on_cpu = True  # the GPU's path: the decoder compiled too
+    return seg
+
+
+def test_compile_leaves_the_folded_decoder_eager_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(fn) or fn)
+    seg = SamSegmenter(SamConfig(model_type="vit_tiny", allow_random_weights=True, image_size=256,
+                                 device="cpu", compile=True), build_sam_architecture("vit_tiny", 256))
+    from uois_sam_ros.core.types import Frame
+
+    seg.set_frame(Frame(rgb=np.zeros((64, 64, 3), np.uint8)))
+    seg.decode_lowres(_prompts(3))
+    assert len(calls) == 1 and getattr(calls[0], "__name__", "") == "forward"  # the encoder only
+    assert seg._compiled_decode is None
+
+
+def test_whole_tensor_upscaling_equals_the_chunked_one() -> None:
+    model = _randomize(build_sam_architecture("vit_synth").eval(), 5)
+    emb, pe, sparse, dense = _inputs(model, 6, "point", seed=6)
+    with torch.inference_mode():
+        a = decoder_layout.predict_masks(model.mask_decoder, emb, pe, sparse, dense, chunked=True)
+        b = decoder_layout.predict_masks(model.mask_decoder, emb, pe, sparse, dense, chunked=False)
+    assert torch.allclose(a[0], b[0], atol=1e-5 * (1 + float(a[0].abs().max())))
 
 
 def _prompts(k: int) -> Prompts:

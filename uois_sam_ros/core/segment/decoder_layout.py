@@ -175,9 +175,14 @@ def _convt_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]
     return w.permute(0, 2, 3, 1).reshape(w.shape[0], 4 * c_out), conv.bias.repeat(4)
 
 
-def _upscale_masks(dec: nn.Module, src: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _upscale_masks(dec: nn.Module, src: torch.Tensor, hyper: torch.Tensor, h: int, w: int,
+                   chunked: bool = True) -> torch.Tensor:
     """output_upscaling and the hypernetwork product: src (K, HW, C) channels last, hyper (K, M, C2).
-    Returns (K, M, 4h, 4w) mask logits, equal to (hyper @ output_upscaling(src)) of the library."""
+    Returns (K, M, 4h, 4w) mask logits, equal to (hyper @ output_upscaling(src)) of the library.
+
+    chunked: per prompt and UPSCALE_CHUNK rows, so the intermediates stay near a CPU's caches;
+    False: whole tensors (a GPU, where a loop of small kernels would cost launches, and
+    torch.compile, which would unroll the loop)."""
     conv1, ln, act1, conv2, act2 = dec.output_upscaling
     w1, b1 = _convt_matrix(conv1)
     w2, b2 = _convt_matrix(conv2)
@@ -185,29 +190,36 @@ def _upscale_masks(dec: nn.Module, src: torch.Tensor, hyper: torch.Tensor, h: in
     c2 = conv2.weight.shape[1]
     k, hw, c = src.shape
     m = hyper.shape[1]
-    out = torch.empty(k, hw * 16, m, dtype=torch.result_type(src, hyper), device=src.device)
-    rows = max(1, UPSCALE_CHUNK)
-    for i in range(k):
-        hy = hyper[i].transpose(0, 1)  # (C2, M)
-        for r in range(0, hw, rows):
-            x = src[i, r:r + rows]  # (n, C)
-            n = x.shape[0]
-            y = torch.addmm(b1, x, w1).view(n * 4, c1)  # rows (p, a, b)
-            y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
-            z = act2(torch.addmm(b2, y, w2).view(n * 16, c2))  # rows (p, a, b, a2, b2)
-            torch.mm(z, hy, out=out[i, r * 16:(r + n) * 16])
+    if not chunked:
+        y = torch.addmm(b1, src.reshape(k * hw, c), w1).view(k * hw * 4, c1)
+        y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
+        z = act2(torch.addmm(b2, y, w2)).view(k, hw * 16, c2)
+        out = torch.bmm(z, hyper.transpose(1, 2))
+    else:
+        out = torch.empty(k, hw * 16, m, dtype=torch.result_type(src, hyper), device=src.device)
+        rows = max(1, UPSCALE_CHUNK)
+        for i in range(k):
+            hy = hyper[i].transpose(0, 1)  # (C2, M)
+            for r in range(0, hw, rows):
+                x = src[i, r:r + rows]  # (n, C)
+                n = x.shape[0]
+                y = torch.addmm(b1, x, w1).view(n * 4, c1)  # rows (p, a, b)
+                y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
+                z = act2(torch.addmm(b2, y, w2).view(n * 16, c2))  # rows (p, a, b, a2, b2)
+                torch.mm(z, hy, out=out[i, r * 16:(r + n) * 16])
     # rows (i, j, a, b, a2, b2) of the h x w grid -> pixel (4i + 2a + a2, 4j + 2b + b2)
     out = out.view(k, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
     return out.reshape(k, m, 4 * h, 4 * w)
 
 
 def predict_masks(dec: nn.Module, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                  sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                  chunked: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MaskDecoder.predict_masks of dec for K prompts on one image, plus the transformer's output
     tokens hs (K, T, C) that HDNet reads. image_embeddings and image_pe: (1, C, h, w);
     sparse: (K, N, C); dense: (K, C, h, w) or (1, C, h, w). Returns (masks (K, M, 4h, 4w),
-    iou_pred (K, M), hs) for all M = num_mask_tokens tokens, like the library's predict_masks."""
+    iou_pred (K, M), hs) for all M = num_mask_tokens tokens, like the library's predict_masks.
+    chunked: the upscaling in row chunks (None: on a CPU only; False is the form torch.compile is given)."""
     if image_embeddings.shape[0] != 1:
         raise ValueError(f"one image per call: image_embeddings has batch {image_embeddings.shape[0]}")
     k = sparse_prompt_embeddings.shape[0]
@@ -224,5 +236,7 @@ def predict_masks(dec: nn.Module, image_embeddings: torch.Tensor, image_pe: torc
     keys = keys.expand(k, -1, -1)  # a decoder of depth 0 would leave the image side shared
     n = dec.num_mask_tokens
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in range(n)], dim=1)
-    masks = _upscale_masks(dec, keys, hyper, h, w)
+    if chunked is None:
+        chunked = keys.device.type == "cpu"
+    masks = _upscale_masks(dec, keys, hyper, h, w, chunked)
     return masks, dec.iou_prediction_head(hs[:, 0]), hs

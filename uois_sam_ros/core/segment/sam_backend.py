@@ -19,11 +19,13 @@ Layout: ``SamConfig.decoder`` folded (the default) decodes the K prompts with
 image side is not copied K times (equal to the library's to float32 rounding; 2-4x faster on a
 CPU). ``library`` calls segment-anything's own ``predict_masks``.
 
-Compilation: ``SamConfig.compile`` runs the image encoder and the folded decoder through
-torch.compile. The decoder's batch is padded to a power of two (repeating the last prompt,
-whose outputs are dropped), so a frame's prompt count costs at most one compile per size
-class. If compiling fails (no C++ compiler, an unsupported op), one CompileFallbackWarning
-says why and that part runs eagerly from then on.
+Compilation: ``SamConfig.compile`` runs the image encoder through torch.compile, and on a GPU
+the folded decoder too. There the decoder's batch is padded to a power of two (repeating the
+last prompt, whose outputs are dropped), so a frame's prompt count costs at most one compile
+per size class. On a CPU the folded decoder stays eager: it is matrix products that compiling
+leaves as they are, and compiled it measured no faster (uois-sam-bench stages --compile; README).
+If compiling fails (no C++ compiler, an unsupported op), one CompileFallbackWarning says why
+and that part runs eagerly from then on.
 
 Precision: ``SamConfig.dtype`` bf16 / fp16 runs the encoder and the decoder under torch.autocast
 (the GPU's fast path); the embedding and every decoder output are turned back into float32, so
@@ -320,6 +322,10 @@ class AmgMasks:
 class SamSegmenter:
     """PromptableSegmenter over any SAM; decode_lowres keeps the tokens for HDNet."""
 
+    # sam.compile leaves the folded decoder eager on a CPU (measured no faster); tests set this to
+    # walk the compiled decoder's path (padding, fallback) on a CPU
+    compile_decoder_on_cpu = False
+
     def __init__(self, cfg: SamConfig, model: nn.Module | None = None, decode_batch: int = 64) -> None:
         self.cfg = cfg
         device = resolve_device(cfg.device)
@@ -412,7 +418,8 @@ class SamSegmenter:
         labels_t = torch.as_tensor(prompts.labels, dtype=torch.int64, device=self.device)[:, None]
         dt = self._amp_dtype()
         folded = self.cfg.decoder == "folded" and self.folded_ok
-        compiled = folded and bool(self.cfg.compile) and "decoder" not in self._compile_failed
+        compiled = (folded and bool(self.cfg.compile) and "decoder" not in self._compile_failed
+                    and (self.device.type != "cpu" or self.compile_decoder_on_cpu))
         n_tok = self.model.mask_decoder.num_mask_tokens
         outs: list[tuple[torch.Tensor, ...]] = []
         with autocast(str(self.device), dt):
@@ -445,7 +452,7 @@ class SamSegmenter:
             if self._compiled_decode is None:
                 self._compiled_decode = torch.compile(decoder_layout.predict_masks, dynamic=False)
             try:
-                return self._compiled_decode(dec, feats, pe, sparse, dense)
+                return self._compiled_decode(dec, feats, pe, sparse, dense, chunked=False)
             except Exception as e:  # noqa: BLE001 - a compiler failure: the eager call below is the real test
                 self._compile_fallback("decoder", e)
         return decoder_layout.predict_masks(dec, feats, pe, sparse, dense)
