@@ -240,3 +240,30 @@ def test_compile_failure_falls_back_with_one_warning(monkeypatch: pytest.MonkeyP
         warnings.simplefilter("error", CompileFallbackWarning)  # said once, not per frame
         seg.set_frame(Frame(rgb=rgb))
         seg.decode_lowres(_prompts(3))
+
+
+def test_folded_is_differentiable_like_the_library() -> None:
+    """Training can use the folded layout: the same gradients for every decoder weight."""
+    model = _randomize(build_sam_architecture("vit_synth"), 7)
+    emb, pe, sparse, dense = (t.clone() for t in _inputs(model, 4, "point", seed=8))  # out of inference mode
+    emb.requires_grad_(True)
+    params = [p for p in model.mask_decoder.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+
+    def grads(fn):
+        masks, iou = fn()[:2]
+        loss = (masks.tanh() ** 2).mean() + iou.square().sum()
+        return torch.autograd.grad(loss, [emb, *params], allow_unused=True)
+
+    ref = grads(lambda: model.mask_decoder.predict_masks(emb, pe, sparse, dense))
+    got = grads(lambda: decoder_layout.predict_masks(model.mask_decoder, emb, pe, sparse, dense))
+    n = 0
+    for r, g in zip(ref, got):
+        if r is None or g is None:  # unused by one layout (a key bias cancels in the softmax): ~0 in the other
+            other = g if r is None else r
+            assert other is None or float(other.abs().max()) < 1e-6
+            continue
+        n += 1
+        assert torch.allclose(g, r, rtol=1e-3, atol=1e-6 * (1 + float(r.abs().max()))), float((g - r).abs().max())
+    assert n > 20

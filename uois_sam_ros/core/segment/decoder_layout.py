@@ -219,7 +219,8 @@ def predict_masks(dec: nn.Module, image_embeddings: torch.Tensor, image_pe: torc
     tokens hs (K, T, C) that HDNet reads. image_embeddings and image_pe: (1, C, h, w);
     sparse: (K, N, C); dense: (K, C, h, w) or (1, C, h, w). Returns (masks (K, M, 4h, 4w),
     iou_pred (K, M), hs) for all M = num_mask_tokens tokens, like the library's predict_masks.
-    chunked: the upscaling in row chunks (None: on a CPU only; False is the form torch.compile is given)."""
+    chunked: the upscaling in row chunks (None: on a CPU without autograd; False is the form torch.compile
+    is given). Differentiable, so training can use it too."""
     if image_embeddings.shape[0] != 1:
         raise ValueError(f"one image per call: image_embeddings has batch {image_embeddings.shape[0]}")
     k = sparse_prompt_embeddings.shape[0]
@@ -236,7 +237,7 @@ def predict_masks(dec: nn.Module, image_embeddings: torch.Tensor, image_pe: torc
     keys = keys.expand(k, -1, -1)  # a decoder of depth 0 would leave the image side shared
     n = dec.num_mask_tokens
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in range(n)], dim=1)
-    if chunked is None:
-        chunked = keys.device.type == "cpu"
+    if chunked is None:  # the chunks write into one buffer (out=), which autograd cannot follow
+        chunked = keys.device.type == "cpu" and not (torch.is_grad_enabled() and keys.requires_grad)
     masks = _upscale_masks(dec, keys, hyper, h, w, chunked)
     return masks, dec.iou_prediction_head(hs[:, 0]), hs
