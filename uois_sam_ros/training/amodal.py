@@ -549,37 +549,6 @@ def _sca_shard_loss(parts: torch.nn.ModuleDict, items: list, picks: list[np.ndar
     return total * (world / n_items), total.detach() / n_items
 
 
-def _sca_shard_loss(parts: torch.nn.ModuleDict, items: list, picks: list[np.ndarray], n_items: int,
-                    box_expand: float, reg_weight: float, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This process's part of sca_step's loss (parts: 'sam' and its 'sca' adapters): the sum of its
-    items' losses, each as sca_step computes it with the instances drawn already (picks), / n_items,
-    times world (DDP's gradient average undoes it)."""
-    from uois_sam_ros.core.amodal.sameo import crop_logits, decode_boxes, dice_loss, item_targets, mask_boxes
-    from uois_sam_ros.core.amodal.sca import BCE_WEIGHT, box_prior, expand_boxes, regional_consistency_loss
-
-    model, sca = parts["sam"], parts["sca"]
-    if not items:
-        return _zero_loss(sca), torch.zeros(())
-    size = int(model.image_encoder.img_size)
-    total = torch.zeros((), device=items[0].image.device)
-    for item, idx in zip(items, picks, strict=True):  # the loop body of sca_step
-        vis, am = item.visible[idx], item.amodal[idx]
-        h, w = item.input_hw
-        boxes = expand_boxes(mask_boxes(np.where(vis.any(axis=(1, 2))[:, None, None], vis, am)),
-                             box_expand, w, h).to(item.image.device)
-        prior = box_prior(boxes, size, item.image.device)
-        emb = sca.encode(model.image_encoder, item.image.expand(len(idx), -1, -1, -1), prior)
-        gt, grid = item_targets(model, type(item)(item.image, item.input_hw, item.original_hw, vis, am))
-        logits = torch.cat([decode_boxes(model, emb[i:i + 1], boxes[i:i + 1])[0] for i in range(len(idx))])
-        lg = crop_logits(logits, grid)
-        seg = dice_loss(lg, gt) + BCE_WEIGHT * F.binary_cross_entropy_with_logits(
-            lg, gt.float(), reduction="none").flatten(1).mean(1)
-        vis_in = torch.from_numpy(np.pad(vis, ((0, 0), (0, size - h), (0, size - w)))).to(emb.device)
-        occ_in = torch.from_numpy(np.pad(am & ~vis, ((0, 0), (0, size - h), (0, size - w)))).to(emb.device)
-        total = total + seg.mean() + reg_weight * regional_consistency_loss(emb, vis_in, occ_in)
-    return total * (world / n_items), total.detach() / n_items
-
-
 def shard_sam_step(kind: str, model: Any, sca: Any, step: torch.nn.Module, opt: torch.optim.Optimizer,
                    scenes: list[Scene], rng: np.random.Generator, s: SamSettings, ctx: DistContext
                    ) -> dict[str, float]:
