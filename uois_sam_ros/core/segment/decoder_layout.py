@@ -4,7 +4,7 @@ segment-anything's ``MaskDecoder.predict_masks`` copies the image embedding K ti
 runs every image-side product of the two-way transformer on K copies: 2-3 projections of
 (K*4096, 256) per attention, a LayerNorm2d written as six element-wise passes, and the two
 transposed convolutions in NCHW. On a CPU that is memory traffic, not arithmetic: the
-library decoder runs at about 13 % of the matmul peak (uois-sam-bench stages).
+library decoder runs at 11-12 % of the matmul peak (uois-sam-bench stages).
 
 This module computes the same function from the same weights (the decoder's own submodules
 and parameters; nothing is trained or copied), in another order:
@@ -19,14 +19,18 @@ and parameters; nothing is trained or copied), in another order:
   through bmm's of (K, HW, C) with (K, C, heads*T): heads*T = 56 columns instead of the I = 128
   of a projection. The output projection is folded into the values the same way, its bias
   spread over the heads (each head's weights sum to 1), and the residual add is the bmm's
-  ``beta`` term (``baddbmm``).
+  ``beta`` term (``baddbmm``). The key position embedding is its own product with the shared
+  (HW, C) table, so keys + pe is never written per prompt, and the image-to-token scores are laid
+  out (K, heads, T, HW) so that their softmax over T runs along a long axis.
 - **Upscaling as two matmuls, channels last.** A 2x2 stride-2 transposed convolution is a
   matmul to (2*2*C_out) channels followed by a pixel shuffle; LayerNorm2d is ``layer_norm`` over
-  the last dim. The pixel shuffle happens once, on the M-channel mask logits. It runs in chunks
-  of rows so the (rows*16, 32) intermediate stays small.
+  the last dim. The pixel shuffle happens once, on the M-channel mask logits. On a CPU it runs
+  in chunks of rows so the (rows*16, 32) intermediate stays small; on a GPU, under autograd and
+  under torch.compile on whole tensors.
 
-The results equal the library's to float32 rounding (tests compare them at 1e-4 on every
-architecture we ship or load, random and trained). Any decoder whose modules are not laid out
+The results and their gradients equal the library's to float32 rounding (test_decoder_layout.py
+compares them on vit_tiny, vit_synth and vit_t decoders, random and shipped weights, for point,
+box and mask prompts). Any decoder whose modules are not laid out
 as segment-anything's (``supports``) runs the library's ``predict_masks`` instead.
 """
 
