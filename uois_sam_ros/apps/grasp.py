@@ -30,12 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from uois_sam_ros.apps.eval import UserError, intrinsics_from_args
+from uois_sam_ros.apps.eval import METHOD_CHOICES, UserError, intrinsics_from_args
 from uois_sam_ros.core.config import Config, ConfigError, dotted_overrides, load_config
 from uois_sam_ros.core.data.datasets import KINDS, DatasetError, open_dataset
 from uois_sam_ros.core.types import FrameError, Sample
-
-METHOD_CHOICES = ("auto", "uois_sam", "grid", "grid_fg", "heatmap", "heatmap_hdnet", "weights_free")
 
 
 def build_parser() -> argparse.ArgumentParser:
