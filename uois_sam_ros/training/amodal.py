@@ -54,7 +54,7 @@ from uois_sam_ros.core.amodal.occlusion import occlusion_order
 from uois_sam_ros.core.amodal.taos import TaosParams, paste_occluder
 from uois_sam_ros.core.weights import save_torch_atomic
 from uois_sam_ros.training.common import CsvLog, HelpFormatter, TrainingError, pick_device
-from uois_sam_ros.training.dist import DistContext, error_line, init_distributed
+from uois_sam_ros.training.dist import DistContext, TrainerRun, init_distributed
 
 STATE_VERSION = 1
 
@@ -849,11 +849,9 @@ def _main_sam(a: argparse.Namespace, meta: dict, dev: str, ctx: DistContext) -> 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; under torchrun every process runs it with the same options (see training.dist)."""
     a = build_parser().parse_args(argv)
-    ctx: DistContext | None = None
-    ok = False
-    try:
+    with TrainerRun("uois-sam-train-amodal") as run:
         dev = str(pick_device(a.device))  # 'auto' -> the device torch is given
-        ctx = init_distributed(dev)  # a plain run: one process, dev unchanged
+        run.ctx = ctx = init_distributed(dev)  # a plain run: one process, dev unchanged
         dev = str(ctx.device)
         if a.threads > 0:
             torch.set_num_threads(a.threads)
@@ -869,16 +867,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"checkpoint {out} ({out.stat().st_size / 1e6:.2f} MB), notes {out.with_suffix('.json')}")
         elif ctx.is_main:
             print("no checkpoint written (no validation ran)", file=sys.stderr)
-        ok = True
-    except (TrainingError, ValueError, FileNotFoundError) as e:
-        line = error_line("uois-sam-train-amodal", e, ctx)
-        if line:
-            print(line, file=sys.stderr)
-        return 2
-    finally:
-        if ctx is not None:
-            ctx.close(ok)
-    return 0
+        return 0
+    return run.code
 
 
 if __name__ == "__main__":

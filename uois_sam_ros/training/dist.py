@@ -472,6 +472,40 @@ def init_distributed(device: str | torch.device = "cpu", env: Mapping[str, str] 
     return ctx
 
 
+class TrainerRun:
+    """A trainer's main in one ``with``: a user error (TrainingError, ValueError, FileNotFoundError)
+    becomes one stderr line (``error_line``) and exit status 2 instead of a traceback, and the
+    process group is closed on the way out, told whether the run ended well.
+
+        with TrainerRun("uois-sam-train-x") as run:
+            run.ctx = ctx = init_distributed(device)
+            ...
+            return 0
+        return run.code  # only reached after a reported error
+    """
+
+    ERRORS = (TrainingError, ValueError, FileNotFoundError)
+
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+        self.ctx: DistContext | None = None
+        self.code = 0
+
+    def __enter__(self) -> TrainerRun:
+        return self
+
+    def __exit__(self, etype: type[BaseException] | None, e: BaseException | None, tb: Any) -> bool:
+        reported = etype is not None and issubclass(etype, self.ERRORS)
+        if reported:
+            line = error_line(self.prog, e, self.ctx)
+            if line:
+                print(line, file=sys.stderr)
+            self.code = 2
+        if self.ctx is not None:
+            self.ctx.close(etype is None)
+        return reported
+
+
 def error_line(prog: str, e: BaseException, ctx: DistContext | None) -> str | None:
     """The one-line error a trainer prints, or None on ranks > 0 when every process raised it."""
     if ctx is not None and ctx.enabled:

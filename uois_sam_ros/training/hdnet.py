@@ -38,7 +38,7 @@ from uois_sam_ros.training.common import (
     TrainingError,
     fraction_indices,
 )
-from uois_sam_ros.training.dist import DistContext, error_line, init_distributed
+from uois_sam_ros.training.dist import DistContext, TrainerRun, init_distributed
 
 
 def sample_prompts(label: np.ndarray, num_fg: int, num_bg: int,
@@ -389,13 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop after the epoch that passes this budget (0 = no limit)")
     a = p.parse_args(argv)
-    ctx: DistContext | None = None
-    ok = False
-    try:
+    with TrainerRun("uois-sam-train-hdnet") as run:
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         device = resolve_device(a.device)  # ConfigError (a ValueError): one line, status 2
-        ctx = init_distributed(device)  # under torchrun: cuda:LOCAL_RANK or the CPU, one process each
+        run.ctx = ctx = init_distributed(device)  # under torchrun: cuda:LOCAL_RANK or the CPU, one process each
         device = str(ctx.device)
         from uois_sam_ros.core.weights import CheckpointError
 
@@ -420,16 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             m = load_hdnet(res["checkpoint"])
             print(f"best validation MSE {res['best_val_loss']:.5f} (epoch {m.meta.get('epoch')}, SAM IoU alone "
                   f"{m.meta.get('val_sam_only', float('nan')):.5f}); checkpoint {res['checkpoint']}")
-        ok = True
-    except (TrainingError, ValueError, FileNotFoundError) as e:
-        line = error_line("uois-sam-train-hdnet", e, ctx)
-        if line:
-            print(line, file=sys.stderr)
-        return 2
-    finally:
-        if ctx is not None:
-            ctx.close(ok)
-    return 0
+        return 0
+    return run.code
 
 
 if __name__ == "__main__":

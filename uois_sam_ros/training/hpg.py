@@ -44,7 +44,7 @@ from uois_sam_ros.training.common import (
     pick_device,
     synthetic_arrays,
 )
-from uois_sam_ros.training.dist import DistContext, error_line, init_distributed
+from uois_sam_ros.training.dist import DistContext, TrainerRun, init_distributed
 
 DEFAULT_SIGMA = 6.0  # px at the training resolution; the paper leaves sigma open
 
@@ -457,11 +457,9 @@ def evaluate_checkpoint(ckpt: str | Path, val: ArraySet, device: str = "cpu", se
 def main(argv: list[str] | None = None) -> int:
     """The CLI; under torchrun every process runs it with the same options (see training.dist)."""
     a = build_parser().parse_args(argv)
-    ctx: DistContext | None = None
-    ok = False
-    try:
+    with TrainerRun("uois-sam-train-hpg") as run:
         a.device = str(pick_device(a.device))  # 'auto' -> the device torch is given
-        ctx = init_distributed(a.device)  # a plain run: one process, a.device unchanged
+        run.ctx = ctx = init_distributed(a.device)  # a plain run: one process, a.device unchanged
         a.device = str(ctx.device)
         if a.threads > 0:
             torch.set_num_threads(a.threads)
@@ -469,7 +467,6 @@ def main(argv: list[str] | None = None) -> int:
         size = (a.input_height or dh, a.input_width or dw)
         if a.evaluate:
             if not ctx.is_main:  # scoring is one process's job
-                ok = True
                 return 0
             size = load_hpg_checkpoint(a.evaluate, backbone_checkpoint=a.backbone_checkpoint).input_size
             if a.val_data:
@@ -481,7 +478,6 @@ def main(argv: list[str] | None = None) -> int:
             res = evaluate_checkpoint(a.evaluate, val, a.device, a.seed, a.backbone_checkpoint)
             for k, m in res.items():
                 print(f"{k:9s} " + " ".join(f"{n}={v:.4f}" for n, v in m.items()))
-            ok = True
             return 0
         if not a.out:
             raise TrainingError("--out is required for training")
@@ -508,16 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.eval and ctx.is_main:
             model = load_hpg_checkpoint(a.out)
             print({k: round(v, 4) for k, v in evaluate_hpg(model, val, device=a.device).items()})
-        ok = True
-    except (TrainingError, FileNotFoundError, ValueError) as e:
-        line = error_line("uois-sam-train-hpg", e, ctx)
-        if line:
-            print(line, file=sys.stderr)
-        return 2
-    finally:
-        if ctx is not None:
-            ctx.close(ok)
-    return 0
+        return 0
+    return run.code
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ from uois_sam_ros.training.common import (
     fraction_indices,
     pick_device,
 )
-from uois_sam_ros.training.dist import DistContext, error_line, init_distributed
+from uois_sam_ros.training.dist import DistContext, TrainerRun, init_distributed
 
 LOSS_UPSAMPLE = 2  # the loss grid is the low-res logits upsampled x2 (half the encoder input)
 FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 20.0, 1.0, 1.0  # SAM: focal:dice 20:1, IoU MSE x1
@@ -1062,11 +1062,9 @@ def _load_sources(a: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
 def main(argv: list[str] | None = None) -> int:
     """The CLI; under torchrun every process runs it with the same options (see training.dist)."""
     a = build_parser().parse_args(argv)
-    ctx: DistContext | None = None
-    ok = False
-    try:
+    with TrainerRun("uois-sam-train-sam") as run:
         dev = str(pick_device(a.device))
-        ctx = init_distributed(dev)  # a plain run: one process, dev unchanged
+        run.ctx = ctx = init_distributed(dev)  # a plain run: one process, dev unchanged
         dev = str(ctx.device)
         if a.threads > 0:
             torch.set_num_threads(a.threads)
@@ -1119,16 +1117,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"best validation loss {best['val_loss']:.4f} mIoU {best['val_miou']:.3f} at step {res['best_step']} "
                   f"({'init' if a.init else 'untrained'}: {u['val_loss']:.4f} / {u['val_miou']:.3f}); "
                   f"checkpoint {res['checkpoint']}")
-        ok = True
-    except (TrainingError, ValueError, FileNotFoundError) as e:
-        line = error_line("uois-sam-train-sam", e, ctx)
-        if line:
-            print(line, file=sys.stderr)
-        return 2
-    finally:
-        if ctx is not None:
-            ctx.close(ok)
-    return 0
+        return 0
+    return run.code
 
 
 if __name__ == "__main__":
