@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -28,6 +29,32 @@ METHOD_CHOICES = ("auto", "uois_sam", "grid", "grid_fg", "heatmap", "heatmap_hdn
 
 class UserError(Exception):
     """Reported as one line, exit status 2."""
+
+
+# ValueError subclasses (by name: the modules that define them load lazily) that are input errors
+INPUT_VALUE_ERRORS = ("CheckpointError", "RLEError")
+
+
+def run_cli(prog: str, run: Callable[[argparse.Namespace], object], args: argparse.Namespace, *,
+            value_errors: tuple[str, ...] = INPUT_VALUE_ERRORS,
+            import_hint: str = "a module this tool needs is missing: ") -> int:
+    """A tool's main: run(args), with bad input (UserError, DatasetError, ConfigError, a missing
+    file, the named ValueErrors, a missing optional module) reported as one line and exit 2;
+    anything else is a bug and keeps its traceback."""
+    try:
+        run(args)
+    except (UserError, DatasetError, ConfigError, FileNotFoundError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if type(e).__name__ in value_errors:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    except ImportError as e:
+        print(f"{prog}: error: {import_hint}{e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,22 +402,8 @@ def run(args: argparse.Namespace) -> MetricAccumulator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UserError, DatasetError, ConfigError, FileNotFoundError) as e:
-        print(f"uois-sam-eval: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        # Bad checkpoints (weights.CheckpointError) and other input errors raised by the method.
-        if type(e).__name__ in ("CheckpointError", "RLEError"):
-            print(f"uois-sam-eval: error: {e}", file=sys.stderr)
-            return 2
-        raise
-    except ImportError as e:
-        print(f"uois-sam-eval: error: a module this method needs is missing: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("uois-sam-eval", run, build_parser().parse_args(argv),
+                   import_hint="a module this method needs is missing: ")
 
 
 if __name__ == "__main__":

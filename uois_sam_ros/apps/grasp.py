@@ -30,9 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from uois_sam_ros.apps.eval import METHOD_CHOICES, UserError, intrinsics_from_args
-from uois_sam_ros.core.config import Config, ConfigError, dotted_overrides, load_config
-from uois_sam_ros.core.data.datasets import KINDS, DatasetError, open_dataset
+from uois_sam_ros.apps.eval import (
+    INPUT_VALUE_ERRORS,
+    METHOD_CHOICES,
+    UserError,
+    intrinsics_from_args,
+    run_cli,
+)
+from uois_sam_ros.core.config import Config, dotted_overrides, load_config
+from uois_sam_ros.core.data.datasets import KINDS, open_dataset
 from uois_sam_ros.core.types import FrameError, Sample
 
 
@@ -225,21 +231,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UserError, DatasetError, ConfigError, FileNotFoundError) as e:
-        print(f"uois-sam-grasp: error: {e}", file=sys.stderr)
-        return 2
-    except ImportError as e:  # GSNetUnavailable included: it says what is missing
-        print(f"uois-sam-grasp: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        if type(e).__name__ in ("CheckpointError", "RLEError", "ExtrinsicError"):
-            print(f"uois-sam-grasp: error: {e}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    # GSNetUnavailable is an ImportError that says what is missing; ExtrinsicError a bad extrinsic
+    return run_cli("uois-sam-grasp", run, build_parser().parse_args(argv),
+                   value_errors=(*INPUT_VALUE_ERRORS, "ExtrinsicError"), import_hint="")
 
 
 if __name__ == "__main__":

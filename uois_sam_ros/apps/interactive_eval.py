@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from uois_sam_ros.apps.eval import UserError, intrinsics_from_args
+from uois_sam_ros.apps.eval import UserError, intrinsics_from_args, run_cli
 from uois_sam_ros.core.adapt.adaptation import PAPER_CONFIGS, adapt_config_from_spec, adapt_spec, adapts
 from uois_sam_ros.core.adapt.clicks import PAPER_PROTOCOLS, Protocol, failed, noc, noc_fr
 from uois_sam_ros.core.adapt.interactive import ObjectResult, object_ids, run_object
-from uois_sam_ros.core.config import AdaptConfig, ConfigError, dotted_overrides, load_config
-from uois_sam_ros.core.data.datasets import KINDS, DatasetError, open_dataset
+from uois_sam_ros.core.config import AdaptConfig, dotted_overrides, load_config
+from uois_sam_ros.core.data.datasets import KINDS, open_dataset
 from uois_sam_ros.core.types import Frame, FrameError
 
 SYNTHETIC_KINDS = ("synthetic", "synthetic-shifted")
@@ -371,21 +371,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UserError, DatasetError, ConfigError, FileNotFoundError) as e:
-        print(f"uois-sam-interactive-eval: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        if type(e).__name__ in ("CheckpointError", "RLEError"):
-            print(f"uois-sam-interactive-eval: error: {e}", file=sys.stderr)
-            return 2
-        raise
-    except ImportError as e:
-        print(f"uois-sam-interactive-eval: error: a module this tool needs is missing: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("uois-sam-interactive-eval", run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
