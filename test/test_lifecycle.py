@@ -423,6 +423,9 @@ def test_diagnostics_published_with_counts_drops_and_latency():
         for _ in range(8):  # 8 frames at 20 Hz into a 0.4 s worker: most are dropped
             rig.send()
             time.sleep(0.05)
+        # every frame paired first (on a loaded machine the last depth image can come after the
+        # worker went idle), then the worker done with the ones it took
+        assert rig.wait(lambda: node.stats.received >= 8, 10), node.stats.received
         assert rig.wait(lambda: node.worker is not None and node.worker.wait_idle(0.1), 10)
         time.sleep(0.3)
         n_res = len(rig.results)
