@@ -138,14 +138,19 @@ def size_filter_t(masks: torch.Tensor, cfg: PostprocessConfig, height: int, widt
     return (hw[:, 0] <= h_lim) & (hw[:, 1] <= w_lim) & (area >= a_min)
 
 
+def mask_iou_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU matrix of (N, P) and (M, P) flattened 0/1 float masks, on their device (0 where both are
+    empty). Products of 0/1 entries are exact counts in float32 (TF32 too: 0 and 1 are exact)."""
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
 def _nms_keep(m: torch.Tensor, order: torch.Tensor, iou_threshold: float,
               valid: torch.Tensor | None) -> torch.Tensor:
     n = m.shape[0]
     flat = m.reshape(n, -1)[order].float()
-    areas = flat.sum(1)
-    inter = flat @ flat.T  # 0/1 entries: exact counts in float32 (TF32 too: 0 and 1 are exact)
-    union = areas[:, None] + areas[None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+    iou = mask_iou_t(flat, flat)
     # spare[j, i]: a kept j (before i in the order) leaves i alone
     spare = ~torch.triu(iou > iou_threshold, diagonal=1)
     alive = torch.ones(n, dtype=torch.bool, device=m.device) if valid is None else valid[order].clone()
@@ -207,9 +212,7 @@ def mask_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.n
     """IoU matrix between (N, H, W) and (M, H, W) bool masks."""
     ta = torch.as_tensor(np.asarray(a, bool) if isinstance(a, np.ndarray) else a).flatten(1).float()
     tb = torch.as_tensor(np.asarray(b, bool) if isinstance(b, np.ndarray) else b).flatten(1).float()
-    inter = ta @ tb.T
-    union = ta.sum(1)[:, None] + tb.sum(1)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter)).numpy()
+    return mask_iou_t(ta, tb).numpy()
 
 
 def _scores_on(scores: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
