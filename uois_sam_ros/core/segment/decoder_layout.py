@@ -233,8 +233,6 @@ def predict_masks(dec: nn.Module, image_embeddings: torch.Tensor, image_pe: torc
     dense = dense_prompt_embeddings
     if dense.shape[0] != 1 and dense.stride(0) == 0:
         dense = dense[:1]  # the prompt encoder's no-mask embedding is one vector expanded over K
-    elif dense.shape[0] != 1 and torch.equal(dense[:1].expand_as(dense), dense):
-        dense = dense[:1]
     src = image_embeddings + dense
     _, c, h, w = src.shape
     hs, keys = _two_way(dec.transformer, src, image_pe, tokens)
