@@ -545,6 +545,26 @@ def spin_until_stopped(executor: Any) -> None:
             raise
 
 
+def shutdown_executor(executor: Any, timeout_sec: float = 1.0) -> bool:
+    """executor.shutdown(), after the callbacks already handed to its threads have run; True when they did.
+
+    rclpy's (kilted) MultiThreadedExecutor.shutdown() destroys the executor's guard condition first
+    and joins its thread pool after. A callback still queued in the pool when spin() returned (Ctrl-C,
+    SIGTERM) then fails on that guard condition, and its task prints "The following exception was
+    never retrieved: cannot use Destroyable because destruction was requested" at exit: a stray
+    error line on every few signals. Waiting for those callbacks while the guard condition still
+    exists leaves nothing to fail. The submitted tasks are the executor's ``_futures`` list (not
+    public API); an executor without one has nothing queued.
+    """
+    deadline = time.monotonic() + timeout_sec
+    queued = list(getattr(executor, "_futures", ()))
+    while any(not t.done() for t in queued) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    drained = all(t.done() for t in queued)
+    executor.shutdown(timeout_sec=max(0.0, deadline - time.monotonic()))
+    return drained
+
+
 def spin_node(factory: Callable[[], ManagedNode], argv: list[str] | None = None) -> int:
     """Shared main: init, autostart, spin until Ctrl-C / SIGTERM / shutdown, clean up.
 
@@ -583,7 +603,7 @@ def spin_node(factory: Callable[[], ManagedNode], argv: list[str] | None = None)
                 node.stop_io()
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
-        executor.shutdown(timeout_sec=1.0)
+        shutdown_executor(executor, timeout_sec=1.0)
         if node is not None:
             try:
                 node.destroy_node()
