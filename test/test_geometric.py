@@ -224,7 +224,8 @@ def test_empty_table_gives_no_prompts():
     dc = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u, float)], -1)
     dz = (dc @ rot)[..., 2]
     depth = np.where(dz < 0, -c[2] / dz, 0).astype(np.float32)
-    pr = GeometricPromptSource().prompts(Frame(frame.rgb, depth, K))
+    rgb = np.broadcast_to(np.array(COLOURS[0], np.uint8), frame.rgb.shape).copy()  # gone from the colour too
+    pr = GeometricPromptSource().prompts(Frame(rgb, depth, K))
     assert len(pr) == 0 and pr.points.shape == (0, 2)
 
 
@@ -294,6 +295,65 @@ def render_table_on_floor():
         return [floor, table, box, can]
 
     return _cast(c, rot, hits, [(90, 90, 110), (160, 120, 80), (200, 40, 40), (40, 60, 200)])
+
+
+def _paint_table(frame: Frame, ids: np.ndarray, paint) -> Frame:
+    """render_table_on_floor's frame with the table top's pixels recoloured by paint(x, y, rgb) -> rgb
+    (world metres on the top, z = 0); the depth stays as it is (a print, a sheet of paper)."""
+    c = np.array([0.1, -0.9, 0.95])
+    rot = _look_from(c, np.array([0.0, 0.0, -0.15]))
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    d = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u, float)], -1) @ rot
+    with np.errstate(divide="ignore"):
+        t = -c[2] / d[..., 2]
+    x, y = c[0] + t * d[..., 0], c[1] + t * d[..., 1]
+    rgb = frame.rgb.copy()
+    top = ids == 1
+    rgb[top] = paint(x[top], y[top], rgb[top])
+    return Frame(rgb, frame.depth, K)
+
+
+def _pad(x: np.ndarray, y: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """A blue 12 x 8 cm sheet lying in front of the box and the can."""
+    out = rgb.copy()
+    out[(np.abs(x + 0.02) < 0.06) & (np.abs(y + 0.13) < 0.04)] = (40, 90, 210)
+    return out
+
+
+def test_a_flat_object_is_found_by_its_colour_and_only_with_flat_contrast():
+    """A sheet lying on the table has no height for the depth; its colour against the table's
+    makes it an instance (flat_contrast > 0, the default), and nothing else changes."""
+    frame, ids, _ = render_table_on_floor()
+    painted = _paint_table(frame, ids, _pad)
+    sheet = np.all(painted.rgb == (40, 90, 210), axis=-1)
+    assert sheet.sum() > 150
+    assert GeometricConfig().flat_contrast > 0
+    for cfg, found in ((GeometricConfig(), True), (GeometricConfig(flat_contrast=0.0), False)):
+        pr = GeometricPromptSource(cfg).prompts(painted)
+        seg = GeometricSegmenter(cfg)
+        seg.set_frame(painted)
+        masks = seg.decode(pr).masks[:, 0]
+        best = max((_iou(m, sheet) for m in masks), default=0.0)
+        assert (best > 0.7) == found, (cfg.flat_contrast, best)
+        for k in (2, 3):  # the box and the can are found either way
+            assert max(_iou(m, ids == k) for m in masks) > 0.6
+        assert len(pr) == 2 + found
+
+
+def test_a_checked_table_cloth_is_not_flat_objects():
+    """A table top printed with 6 cm checks: every check stands out from its neighbours as much as
+    a sheet would, but its colours are the table's own, so no check becomes an instance."""
+    frame, ids, _ = render_table_on_floor()
+
+    def checks(x, y, rgb):
+        odd = ((np.floor(x / 0.06) + np.floor(y / 0.06)) % 2).astype(bool)
+        return np.where(odd[:, None], np.array([230, 230, 225], np.uint8), rgb)
+
+    pr = GeometricPromptSource().prompts(_paint_table(frame, ids, checks))
+    assert len(pr) == 2
+    # ... while a sheet on the same cloth still is one.
+    both = _paint_table(frame, ids, lambda x, y, rgb: _pad(x, y, checks(x, y, rgb)))
+    assert len(GeometricPromptSource().prompts(both)) == 3
 
 
 def test_table_standing_on_a_floor_is_the_plane_not_the_floor():
@@ -444,7 +504,8 @@ def test_real_table_on_carpet_0005(real_rgbd_dir):
 
 def test_real_table_on_carpet_0006(real_rgbd_dir):
     """The cluttered small table: what used to be merged (wipes + bag, R2-D2 + eraser + red box)
-    comes apart; the markers lying flat are below what the depth can tell."""
+    comes apart; the red marker lying flat on the left, below what the depth can tell, is found by
+    its colour (flat_contrast)."""
     frame = _real(real_rgbd_dir, "0006")
     tp = fit_table_plane(frame)
     on_table = ((450, 350), (250, 330), (480, 420))
@@ -453,7 +514,7 @@ def test_real_table_on_carpet_0006(real_rgbd_dir):
     masks, _ = _instances(frame)
     assert len(masks) >= 8
     alone, merged = _found_alone(masks, REAL_OBJECTS["0006"])
-    assert {"wipes", "bag", "r2d2", "eraser", "cup top", "mug", "cup bottom"} <= alone, alone
+    assert {"wipes", "bag", "r2d2", "eraser", "cup top", "mug", "cup bottom", "marker L"} <= alone, alone
     assert all(len(m) <= 2 for m in merged), merged
 
 

@@ -123,6 +123,8 @@ class GeometricConfig:
     min_support: float = 0.5  # fraction of a cluster's footprint that must lie on the table
     seed: int = 1  # RANSAC seed, so that a frame always gives the same plane
     box_limit: bool = False  # apply postprocess's 200x200 box limit (made for SAM's background masks) here too
+    flat_contrast: float = 15.0  # > 0: table-level blobs this far (CIELAB, L halved) from the local table colour are flat objects (0 = off)
+    flat_max_fraction: float = 0.08  # ... a flat object covers at most this share of the table's pixels
 
 
 @dataclass

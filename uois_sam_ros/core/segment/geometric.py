@@ -22,6 +22,9 @@ the supporting plane. Steps, each fixing a failure seen on real RealSense frames
    crumbs join the region they mostly border.
 6. Halo: depth bleeds onto the table around objects; a colour watershed from the object cores
    and the table moves region borders back onto the colour edges (halo_px).
+7. Flat objects (flat_contrast > 0): sheets, pads, markers and cutlery lying down are too thin
+   for the depth. Blobs at table level whose colour stands out from the table's local colour
+   (and from its own pattern) and that have open table all around become regions too.
 
 Everything after the plane fit runs at a working resolution of about 320x240 (the regions are
 mapped back to full resolution, where table pixels are excluded again), so a 640x480 frame
@@ -399,6 +402,7 @@ class _Segments:
     def __init__(self, frame: Frame, cfg: GeometricConfig, packed: np.ndarray | None = None) -> None:
         self.cfg = cfg
         self.frame = frame
+        self._flat_ids: set[int] = set()  # regions found by colour at table level (_flat_objects)
         H, W = frame.height, frame.width
         if packed is not None:
             packed = _check_packed(packed, H, W)
@@ -419,7 +423,11 @@ class _Segments:
         work = self._segment_work(s)
         # Back to frame resolution: each pixel takes its working cell's region, and only pixels
         # that rise above the table keep it (holes are filled per mask in mask_of).
-        self.labels, self._slices = self._renumber(self._to_full(work, s))
+        full = self._to_full(work, s)
+        flat = np.isin(full, np.fromiter(self._flat_ids, np.int32)) if self._flat_ids else None
+        self.labels, self._slices = self._renumber(full)
+        if flat is not None:  # the same regions under their final ids
+            self._flat_ids = {int(k) for k in np.unique(self.labels[flat])} - {0}
 
     def packed(self) -> np.ndarray | None:
         """These regions and table plane as one (H, W) uint16 map (REGION_ID_MASK, TABLE_REGION_BIT,
@@ -442,7 +450,10 @@ class _Segments:
         full = work.astype(np.int32)[rows[:, None], cols[None, :]]
         if s == 1:
             return full
-        full[self.valid & (self.plane.height <= self.cfg.min_height)] = 0
+        low = self.valid & (self.plane.height <= self.cfg.min_height)
+        if self._flat_ids:
+            low &= ~np.isin(full, np.fromiter(self._flat_ids, np.int32))
+        full[low] = 0
         if full.max() < np.iinfo(np.uint16).max:
             grown = full.astype(np.uint16)
             kernel = np.ones((3, 3), np.uint8)
@@ -523,6 +534,8 @@ class _Segments:
         if cfg.halo_px > 0:
             band = max(1, round(cfg.halo_px * ref / s))
             regions = self._trim_halo(regions, cv2.GaussianBlur(rgb, (3, 3), 0), inliers, band, min_px)
+        if cfg.flat_contrast > 0:
+            regions = self._flat_objects(regions, rgb, height, valid, s, min_px)
         return regions
 
     @staticmethod
@@ -960,6 +973,91 @@ class _Segments:
         small = sizes < min_px
         small[0] = False
         out[small[out]] = 0
+        return out
+
+    def _flat_objects(self, regions: np.ndarray, rgb: np.ndarray, height: np.ndarray, valid: np.ndarray,
+                      s: int, min_px: int) -> np.ndarray:
+        """Objects too thin for the depth (pads, paper, cutlery, lids lying down): blobs at table
+        level whose colour stands out from the table's colour around them.
+
+        The table's colour is estimated locally (a normalised Gaussian average over table-level
+        pixels, a second time without the first pass's blobs), so wood grain, gradual shading and
+        a table of any colour are its own background. Lightness counts half: shadows mostly darken.
+        A blob is kept when it lies inside the table's outline, away from its border and from the
+        objects found by depth (shadows and reflections hug them), is compact enough and covers
+        less than flat_max_fraction of the table. The ids of these regions are remembered so that
+        going back to frame resolution keeps their table-level pixels."""
+        cfg = self.cfg
+        hw, ww = regions.shape
+        region = cv2.resize(self.plane.region.astype(np.uint8), (ww, hw), interpolation=cv2.INTER_NEAREST) > 0
+        near_obj = cv2.dilate((regions > 0).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        level = valid & (height <= cfg.min_height) & (height > -cfg.plane_distance) & region
+        inner = cv2.erode(region.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        table_px = int(level.sum())
+        if table_px < 20 * min_px:
+            return regions
+        lab = cv2.cvtColor(cv2.GaussianBlur(rgb, (3, 3), 0).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+        lab[..., 0] *= 0.5
+        sigma = 0.12 * min(hw, ww)
+        f = 4 if min(hw, ww) >= 64 else 1  # the wide averages at a quarter of the size: 16x fewer pixels
+
+        def blur(x: np.ndarray) -> np.ndarray:
+            small = cv2.resize(x, (ww // f, hw // f), interpolation=cv2.INTER_AREA) if f > 1 else x
+            small = cv2.GaussianBlur(small, (0, 0), sigma / f)
+            return cv2.resize(small, (ww, hw), interpolation=cv2.INTER_LINEAR) if f > 1 else small
+
+        weight = level.astype(np.float32)
+        cand = np.zeros_like(level)
+        for it in range(2):
+            w = weight * ~(cv2.dilate(cand.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+            den = np.maximum(blur(w), 1e-6)
+            bg = blur(lab * w[..., None]) / den[..., None]
+            contrast = np.linalg.norm(lab - bg, axis=-1)
+            # A patterned table (a checked cloth, strong grain) varies by itself: a blob must also
+            # stand out from that variation (3 local standard deviations).
+            limit = cfg.flat_contrast
+            if it:  # the table's own variation, without the first pass's blobs
+                spread = np.sqrt(np.maximum(blur(w * contrast ** 2), 0.0) / den)
+                limit = np.maximum(limit, 3.0 * spread)
+            cand = level & ~near_obj & (den > 0.05) & (contrast > limit)
+            cand = cv2.morphologyEx(cand.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+        cc, n = ndimage.label(cand, structure=np.ones((3, 3), int))
+        if n == 0:
+            return regions
+        out = regions.copy()
+        nxt = int(regions.max()) + 1
+        flat = set(self._flat_ids)
+        free = level & ~near_obj & ~cand  # open table around the blobs
+        table_lab = lab[free]
+        if len(table_lab) > 20000:
+            table_lab = table_lab[np.linspace(0, len(table_lab) - 1, 20000).astype(int)]
+        for k, sl in enumerate(ndimage.find_objects(cc), start=1):
+            m = cc[sl] == k
+            area = int(m.sum())
+            if area < min_px or area > cfg.flat_max_fraction * table_px or not inner[sl][m].all():
+                continue
+            if sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == hw or sl[1].stop == ww:
+                continue  # cut by the image border: as likely a piece of the table's pattern
+            # Lying on the table means table all around: the bottom of a bowl or a cup seen
+            # through its opening is table-level too, but walled in by its object.
+            r = 3
+            box = tuple(slice(max(0, a.start - r), b + r) for a, b in zip(sl, (sl[0].stop, sl[1].stop)))
+            mk = cc[box] == k
+            ring = (cv2.dilate(mk.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0) & ~mk
+            if free[box][ring].mean() < 0.75:
+                continue
+            cnts, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            hull = max(float(cv2.contourArea(cv2.convexHull(np.concatenate(cnts)))), 1.0)
+            if area / hull < 0.7:
+                continue
+            # A colour the table itself shows in many places (the other squares of a checked
+            # cloth, the dark lines of a grain) is the table's pattern, not an object on it.
+            if len(table_lab) and (np.linalg.norm(table_lab - lab[sl][m].mean(0), axis=-1) < 10.0).mean() > 0.05:
+                continue
+            out[sl][m] = nxt
+            flat.add(nxt)
+            nxt += 1
+        self._flat_ids = flat
         return out
 
     @staticmethod
