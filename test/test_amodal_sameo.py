@@ -203,14 +203,16 @@ def test_sameo_fine_tune_of_the_shipped_small_sam_raises_heldout_miou_occ():
     held = _scene_items(model, range(921_000, 921_014))
     assert len(train) >= 20 and len(held) >= 10
     before = _miou(model, held)
-    opt = decoder_optimizer(model, lr=2e-4)
+    opt = decoder_optimizer(model, lr=1e-4)
     rng = np.random.default_rng(0)
     order = np.random.default_rng(0).permutation(len(train))
     for step in range(45):
         out = sameo_step(model, opt, [train[order[(4 * step + j) % len(train)]] for j in range(4)], rng)
         assert np.isfinite(out["loss"])
     after = _miou(model, held)
-    # measured: 28.4 -> 31.8 (45 steps; 31.8 with another sample order, 32.8 at lr 4e-4)
+    # measured on the shipped checkpoint (part 2): mIoU_occ 31.6 -> 33.8, mIoU_full 83.7 -> 82.8 (45 steps;
+    # 34.2 / 82.8 after 30 steps with another sample order). The first small SAM started lower and
+    # gained more (28.4 -> 31.8 at lr 2e-4, which on this one costs 1.9 points of mIoU_full).
     assert after["occluded_instances"] == before["occluded_instances"] >= 30
-    assert after["mIoU_occ"] > before["mIoU_occ"] + 2.0, (before, after)
-    assert after["mIoU_full"] > before["mIoU_full"] - 1.0, (before, after)
+    assert after["mIoU_occ"] > before["mIoU_occ"] + 1.5, (before, after)
+    assert after["mIoU_full"] > before["mIoU_full"] - 1.5, (before, after)
