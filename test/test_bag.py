@@ -452,3 +452,30 @@ def test_synthetic_bag_amodal_lockstep_equals_offline(real_graph, tmp_path: Path
                           UOISPipeline(cfg["segmentation"]))["completer"]
     for k in ("mIoU_full", "mIoU_occ"):
         assert a[k] == pytest.approx(ref[k], abs=1e-9, nan_ok=True), k
+
+
+def test_a_bag_played_right_after_another_starts_after_its_stamps(real_graph, bag_dir: Path, monkeypatch) -> None:
+    """Lockstep plays a bag faster than its (restamped, future) stamps advance, so right after one
+    evaluation the wall clock can still be behind the last stamp sent. The clock is frozen here to
+    make that certain: the second evaluation into the same graph must still get every frame
+    answered (the nodes drop inputs older than what they delivered; CI once waited 60 s for a
+    warm-up frame that way)."""
+    from uois_sam_ros.apps import bag_player
+
+    frozen = time.time_ns()
+
+    class FrozenWallClock:
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        @staticmethod
+        def time_ns() -> int:
+            return frozen
+
+    monkeypatch.setattr(bag_player, "time", FrozenWallClock())
+    graph, _ = real_graph
+    results = [app.evaluate(bag_dir, lockstep=True, timeout=15, graph=lambda: app.Graph(None, graph.title))
+               for _ in range(2)]
+    assert [(r.published, r.answered, r.unanswered) for r in results] == [(3, 3, 0)] * 2
+    assert bag_player.BagPlayer.newest_sent_ns > frozen + 1_000_000_000  # the stamps ran ahead of the clock
+    assert results[1].means == results[0].means

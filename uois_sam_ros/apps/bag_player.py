@@ -65,6 +65,8 @@ class BagPlayer:
     the same way; amodal_topic '' or None never looks for it.
     """
 
+    newest_sent_ns = 0  # the newest stamp any player of this process has put on the wire (restamp)
+
     def __init__(self, node: Node, topics: BagTopics = BagTopics(), instances_topic: str = INSTANCES_TOPIC,
                  output_type: type | None = None, amodal_topic: str | None = AMODAL_TOPIC) -> None:
         if output_type is None:
@@ -169,7 +171,16 @@ class BagPlayer:
         """
         if frames:
             now_ns = time.time_ns() if now_ns is None else now_ns
+            # Lockstep plays a bag as fast as the graph answers, so its stamps (restamped into the
+            # future) can still be ahead of the clock when it ends. A bag played into the same
+            # graph right after must start after them, or every node drops its frames as older
+            # than what it already delivered.
+            now_ns = max(now_ns, BagPlayer.newest_sent_ns + 1_000_000)
             self.offset_ns = now_ns + 1_000_000_000 - frames[0].stamp_ns
+
+    @staticmethod
+    def _sent(stamp_ns: int) -> None:
+        BagPlayer.newest_sent_ns = max(BagPlayer.newest_sent_ns, int(stamp_ns))
 
     def warm_up(self, frame: BagFrame, timeout: float = 60.0) -> float:
         """Send one frame under a stamp 1 s before the bag until the graph answers it.
@@ -184,6 +195,7 @@ class BagPlayer:
         def send() -> None:
             for pub, m in zip((self._pub_info, self._pub_depth, self._pub_color), msgs, strict=True):
                 pub.publish(m)
+            self._sent(t)
         t0 = time.monotonic()
         deadline = t0 + timeout
         send()
@@ -224,6 +236,7 @@ class BagPlayer:
         self._pub_depth.publish(wire(frame.depth))
         now = time.monotonic()
         self._pub_color.publish(wire(frame.color))
+        self._sent(frame.stamp_ns + self.offset_ns)
         return now
 
     def _wait(self, stamp_ns: int, until: float, answers: dict[int, tuple[float, object]] | None = None) -> bool:
