@@ -454,7 +454,8 @@ def test_synthetic_bag_amodal_lockstep_equals_offline(real_graph, tmp_path: Path
         assert a[k] == pytest.approx(ref[k], abs=1e-9, nan_ok=True), k
 
 
-def test_a_bag_played_right_after_another_starts_after_its_stamps(real_graph, bag_dir: Path, monkeypatch) -> None:
+def test_a_bag_played_right_after_another_starts_after_its_stamps(real_graph, samples, tmp_path: Path,
+                                                                   monkeypatch) -> None:
     """Lockstep plays a bag faster than its (restamped, future) stamps advance, so right after one
     evaluation the wall clock can still be behind the last stamp sent. The clock is frozen here to
     make that certain: the second evaluation into the same graph must still get every frame
@@ -472,6 +473,8 @@ def test_a_bag_played_right_after_another_starts_after_its_stamps(real_graph, ba
         def time_ns() -> int:
             return frozen
 
+    bag_dir = tmp_path / "bag"  # not the parametrised bag_dir fixture: that would reorder the module's tests
+    assert bag.write_samples(bag_dir, samples, storage="mcap") == 3
     monkeypatch.setattr(bag_player, "time", FrozenWallClock())
     graph, _ = real_graph
     results = [app.evaluate(bag_dir, lockstep=True, timeout=15, graph=lambda: app.Graph(None, graph.title))
