@@ -109,6 +109,8 @@ class EchoGraph:
     def stop(self) -> None:
         self.running = False
         self.ex.shutdown(timeout_sec=1.0)
+        for t in self.threads:  # spin() has returned: no wait set holds the node's entities
+            t.join(timeout=5.0)
         self.node.destroy_node()
 
 

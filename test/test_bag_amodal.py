@@ -199,6 +199,7 @@ class AmodalRelay:
 
     def stop(self) -> None:
         self.ex.shutdown(timeout_sec=1.0)
+        self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         self.node.destroy_node()
 
 

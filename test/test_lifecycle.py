@@ -98,6 +98,7 @@ class Rig:
 
     def close(self) -> None:
         self.ex.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         self.node.destroy_node()
         self.probe.destroy_node()
         rclpy.try_shutdown(context=self.ctx)

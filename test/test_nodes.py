@@ -92,6 +92,7 @@ class Graph:
 
     def close(self) -> None:
         self.ex.shutdown()
+        self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         for n in [*self.nodes.values(), self.probe]:
             n.destroy_node()
         rclpy.try_shutdown(context=self.ctx)

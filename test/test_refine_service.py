@@ -158,6 +158,7 @@ class Rig:
 
     def close(self) -> None:
         self.ex.shutdown()
+        self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         self.node.destroy_node()
         self.probe.destroy_node()
         rclpy.try_shutdown(context=self.ctx)
