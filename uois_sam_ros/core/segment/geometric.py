@@ -402,7 +402,7 @@ class _Segments:
     def __init__(self, frame: Frame, cfg: GeometricConfig, packed: np.ndarray | None = None) -> None:
         self.cfg = cfg
         self.frame = frame
-        self._flat_ids: set[int] = set()  # regions found by colour at table level (_flat_objects)
+        self._flat_ids: set[int] = set()  # working-resolution ids of the regions _flat_objects added
         H, W = frame.height, frame.width
         if packed is not None:
             packed = _check_packed(packed, H, W)
@@ -423,11 +423,7 @@ class _Segments:
         work = self._segment_work(s)
         # Back to frame resolution: each pixel takes its working cell's region, and only pixels
         # that rise above the table keep it (holes are filled per mask in mask_of).
-        full = self._to_full(work, s)
-        flat = np.isin(full, np.fromiter(self._flat_ids, np.int32)) if self._flat_ids else None
-        self.labels, self._slices = self._renumber(full)
-        if flat is not None:  # the same regions under their final ids
-            self._flat_ids = {int(k) for k in np.unique(self.labels[flat])} - {0}
+        self.labels, self._slices = self._renumber(self._to_full(work, s))
 
     def packed(self) -> np.ndarray | None:
         """These regions and table plane as one (H, W) uint16 map (REGION_ID_MASK, TABLE_REGION_BIT,
@@ -535,7 +531,7 @@ class _Segments:
             band = max(1, round(cfg.halo_px * ref / s))
             regions = self._trim_halo(regions, cv2.GaussianBlur(rgb, (3, 3), 0), inliers, band, min_px)
         if cfg.flat_contrast > 0:
-            regions = self._flat_objects(regions, rgb, height, valid, s, min_px)
+            regions = self._flat_objects(regions, rgb, lab, height, valid, min_px)
         return regions
 
     @staticmethod
@@ -975,8 +971,8 @@ class _Segments:
         out[small[out]] = 0
         return out
 
-    def _flat_objects(self, regions: np.ndarray, rgb: np.ndarray, height: np.ndarray, valid: np.ndarray,
-                      s: int, min_px: int) -> np.ndarray:
+    def _flat_objects(self, regions: np.ndarray, rgb: np.ndarray, lab: np.ndarray | None, height: np.ndarray,
+                      valid: np.ndarray, min_px: int) -> np.ndarray:
         """Objects too thin for the depth (pads, paper, cutlery, lids lying down): blobs at table
         level whose colour stands out from the table's colour around them.
 
@@ -996,8 +992,9 @@ class _Segments:
         table_px = int(level.sum())
         if table_px < 20 * min_px:
             return regions
-        lab = cv2.cvtColor(cv2.GaussianBlur(rgb, (3, 3), 0).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-        lab[..., 0] *= 0.5
+        if lab is None:  # colour_weight 0: the region steps did not convert the image
+            lab = cv2.cvtColor(cv2.GaussianBlur(rgb, (3, 3), 0).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+        lab = lab * np.array([0.5, 1.0, 1.0], np.float32)
         sigma = 0.12 * min(hw, ww)
         f = 4 if min(hw, ww) >= 64 else 1  # the wide averages at a quarter of the size: 16x fewer pixels
 
@@ -1026,7 +1023,6 @@ class _Segments:
             return regions
         out = regions.copy()
         nxt = int(regions.max()) + 1
-        flat = set(self._flat_ids)
         free = level & ~near_obj & ~cand  # open table around the blobs
         table_lab = lab[free]
         if len(table_lab) > 20000:
@@ -1055,9 +1051,8 @@ class _Segments:
             if len(table_lab) and (np.linalg.norm(table_lab - lab[sl][m].mean(0), axis=-1) < 10.0).mean() > 0.05:
                 continue
             out[sl][m] = nxt
-            flat.add(nxt)
+            self._flat_ids.add(nxt)
             nxt += 1
-        self._flat_ids = flat
         return out
 
     @staticmethod
