@@ -421,12 +421,16 @@ def test_diagnostics_published_with_counts_drops_and_latency():
             orig(item)
 
         node.worker._process = slow
-        for _ in range(8):  # 8 frames at 20 Hz into a 0.4 s worker: most are dropped
-            rig.send()
-            time.sleep(0.05)
-        # every frame paired first (on a loaded machine the last depth image can come after the
-        # worker went idle), then the worker done with the ones it took
-        assert rig.wait(lambda: node.stats.received >= 8, 10), node.stats.received
+        # 8 frames into a 0.4 s worker, each sent once the node has paired the one before (tens of ms):
+        # most are dropped by the worker. The camera topics are best effort, and on a loaded machine
+        # CI saw one of 8 frames sent 50 ms apart never arrive; a frame not paired within 2 s is
+        # sent again under a new stamp, so exactly 8 are received.
+        for i in range(8):
+            for _ in range(5):
+                rig.send()
+                if rig.wait(lambda i=i: node.stats.received > i, 2.0):
+                    break
+        assert node.stats.received == 8, node.stats.received
         assert rig.wait(lambda: node.worker is not None and node.worker.wait_idle(0.1), 10)
         time.sleep(0.3)
         n_res = len(rig.results)
