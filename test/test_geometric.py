@@ -650,3 +650,61 @@ def test_segmenter_reuses_the_prompt_sources_regions_for_the_same_frame(monkeypa
     shared.set_frame(other)  # another frame: computed afresh, never the stale regions
     assert built == [other]
     assert shared.plane is not source.last_segments.plane
+
+
+def render_near_and_behind():
+    """A table top running out of the image at its bottom edge, 0.7 m above a floor: a box on the
+    table in the bottom-left corner, so near the camera that its base is out of view; a can in the
+    middle; and a post standing on the floor past the table's far edge, rising 0.25 m above the
+    table top. ids: 0 floor, 1 table, 2 near box, 3 can, 4 post."""
+    c = np.array([0.0, -0.55, 0.5])
+    rot = _look_from(c, np.array([0.0, 0.1, 0.0]))
+
+    def hits(o, d):
+        floor = np.where(d[:, 2] < 0, (-0.7 - o[2]) / d[:, 2], np.inf)
+        table = _box_hit(o, d, np.array([-0.4, -0.6, -0.03]), np.array([0.4, 0.25, 0.0]))
+        near = _box_hit(o, d, np.array([-0.3, -0.34, 0.0]), np.array([-0.17, -0.2, 0.15]))
+        can = _cyl_hit(o, d, (0.05, 0.0), 0.04, 0.10)
+        post = _box_hit(o, d, np.array([0.1, 0.3, -0.7]), np.array([0.2, 0.4, 0.25]))
+        return [floor, table, near, can, post]
+
+    return _cast(c, rot, hits, [(90, 90, 110), (160, 120, 80), (200, 40, 40), (40, 60, 200), (40, 160, 60)])
+
+
+def test_an_object_hiding_its_own_footprint_is_kept_and_one_past_the_tables_far_edge_is_not():
+    """The table under an object is mostly hidden by the object itself, and near the camera it
+    is out of the image: the table seen farther up those image columns supports it. A post
+    standing behind the table's far edge hides its footprint too, but no table lies beyond it."""
+    frame, ids, _ = render_near_and_behind()
+    near_box = ids == 2
+    assert near_box[-1].any() and near_box[:, 0].any()  # cut by the image's bottom and left edges
+    assert (ids == 4).sum() > 100 and (ids == 0).sum() > 100  # the post and the floor are in view
+    src = GeometricPromptSource()
+    pr = src.prompts(frame)
+    assert sorted(int(ids[int(y), int(x)]) for x, y in pr.points) == [2, 3]
+    seg = src.last_segments
+    post = seg.labels[ids == 4]
+    lab = np.bincount(post[post > 0]).argmax()  # the post is a region, just not a supported one
+    assert seg.support(seg.mask_of(lab)) < 0.2
+
+
+def test_a_box_face_right_in_front_of_the_camera_is_not_taken_for_the_table():
+    """A tall box 15 cm from a camera looking down at 15 degrees: its front face has twice the
+    table's pixels but covers a few hundred cm^2; the table, seen at a grazing angle, is the
+    plane that covers a table's area."""
+    c = np.array([0.0, -0.6, 0.3])
+    rot = _look_from(c, np.array([0.0, 0.5, 0.0]))
+
+    def hits(o, d):
+        table = np.where(d[:, 2] < 0, -o[2] / d[:, 2], np.inf)
+        box = _box_hit(o, d, np.array([-0.02, -0.45, 0.0]), np.array([0.14, -0.35, 0.32]))
+        return [table, box]
+
+    frame, ids, normal = _cast(c, rot, hits, [(160, 120, 80), (200, 40, 40)])
+    assert (ids == 1).sum() > 1.5 * (ids == 0).sum()
+    tp = fit_table_plane(frame)
+    face = max(tp.candidates, key=lambda cd: cd.count)
+    assert abs(float(face.normal @ normal)) < 0.5 and face.area < GeometricConfig().table_min_area
+    assert float(tp.normal @ normal) > 0.99
+    assert abs(tp.coefficients[3] - 0.3) < 0.01  # the camera is 0.3 m above the table
+    assert tp.inliers[ids == 0].mean() > 0.9 and (tp.height[ids == 1] > 0.05).mean() > 0.9

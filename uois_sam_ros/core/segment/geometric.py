@@ -185,13 +185,15 @@ def _choose_table(cands: list[PlaneCandidate], cfg: GeometricConfig) -> PlaneCan
 
     Walls face the camera sideways (a camera looking down sees their normal pointing down in the
     image), so only planes whose normal points up are supports, and only those parallel to the
-    one with the most points. Among those that cover a table's area (table_min_area), from the
-    lowest up, a plane replaces the current one when it lies a table's height above it
+    one with the most points (of those that cover a table's area, if any). Among those that
+    cover a table's area (table_min_area), from the lowest up, a plane replaces the current one when it lies a table's height above it
     (table_min_step) or has more points: a table standing on a floor or a carpet beats the larger
     floor, while the top of a box, a few centimetres up and smaller, does not beat the table.
     """
     up = [c for c in cands if c.normal[1] <= _UP_MAX_NY] or cands
-    ref = max(up, key=lambda c: c.count)
+    # The reference orientation comes from a plane of a table's size when there is one: the face
+    # of a box right in front of the camera can have the most points and cover a few cm^2.
+    ref = max([c for c in up if c.area >= cfg.table_min_area] or up, key=lambda c: c.count)
     cos_par = np.cos(np.deg2rad(_PARALLEL_DEG))
     group = sorted((c for c in up if c is ref or float(c.normal @ ref.normal) > cos_par),
                    key=lambda c: -c.coefficients[3])  # lowest (farthest from the camera) first
@@ -403,6 +405,7 @@ class _Segments:
         self.cfg = cfg
         self.frame = frame
         self._flat_ids: set[int] = set()  # working-resolution ids of the regions _flat_objects added
+        self._top_rows: np.ndarray | None = None  # _table_top_rows, once per frame
         H, W = frame.height, frame.width
         if packed is not None:
             packed = _check_packed(packed, H, W)
@@ -1102,8 +1105,25 @@ class _Segments:
         out[sl] = m | (filled & (sub == 0))
         return out
 
+    def _table_top_rows(self) -> np.ndarray:
+        """Per image column, the first row (from the top) inside the table's outline; the image
+        height where the outline does not reach that column."""
+        if self._top_rows is None:
+            seen = self.plane.region
+            h = seen.shape[0]
+            self._top_rows = np.where(seen.any(0), np.argmax(seen, axis=0), h)
+        return self._top_rows
+
     def support(self, mask: np.ndarray, sl: tuple | None = None) -> float:
-        """Fraction of the region's footprint (points dropped onto the plane) inside the table.
+        """How far the table is seen under the region. Its points are dropped onto the plane; each
+        footprint point is evidence for the table where its pixel lies inside the table's outline,
+        and against it where the pixel shows something
+        behind the plane (the floor past the table's edge). Where the pixel shows something in
+        front of the plane (the object itself, or another), or the footprint falls below the
+        image, the table counts as there if it is seen farther up that image column: an object
+        hides its own footprint, and one near the camera stands where the image ends. Past the
+        top of the image, or past the table's far edge, is against (a wall, a chair behind);
+        past the sides, or no depth, says nothing; no evidence at all is no support.
         sl: a box (slices) that holds the whole mask, to look at less of the frame."""
         sl = sl or (slice(None), slice(None))
         ys, xs = np.nonzero(mask[sl] & self.valid[sl])
@@ -1120,9 +1140,25 @@ class _Segments:
         k = self.frame.intrinsics
         z = np.maximum(q[:, 2], 1e-6)
         h, w = mask.shape
-        u = np.clip(np.round(k.fx * q[:, 0] / z + k.cx), 0, w - 1).astype(int)
-        v = np.clip(np.round(k.fy * q[:, 1] / z + k.cy), 0, h - 1).astype(int)
-        return float(self.plane.region[v, u].mean())
+        u = np.round(k.fx * q[:, 0] / z + k.cx)
+        v = np.round(k.fy * q[:, 1] / z + k.cy)
+        cols = (u >= 0) & (u < w)
+        top = self._table_top_rows()
+        uc = np.clip(u, 0, w - 1).astype(int)
+        table_beyond = cols & (v > top[uc])  # the table is seen farther up the column
+        inside = cols & (v >= 0) & (v < h)
+        vi = np.clip(v, 0, h - 1).astype(int)
+        on_table = inside & self.plane.region[vi, uc]
+        seen = np.where(inside, self.plane.points[vi, uc, 2], np.nan)
+        with np.errstate(invalid="ignore"):
+            margin = self.cfg.plane_distance + 0.02 * z
+            behind = inside & ~on_table & (seen > z + margin)
+            hidden = inside & ~on_table & (seen < z - margin)
+        below = cols & (v >= h)
+        hidden_or_below = hidden | below
+        n_for = int(on_table.sum() + (hidden_or_below & table_beyond).sum())
+        n_against = int(behind.sum() + (hidden & ~table_beyond).sum() + (v < 0).sum())
+        return n_for / max(n_for + n_against, 1)
 
     def confidence(self, mask: np.ndarray, sl: tuple | None = None) -> float:
         """Solidity x table support: a real object is a near-convex blob standing on the
