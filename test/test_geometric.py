@@ -119,14 +119,30 @@ def test_plane_recovered(scene):
     assert tp.region[table].mean() > 0.9
 
 
-def test_height_is_nan_on_invalid_depth(scene):
+def test_height_is_nan_on_invalid_depth_and_small_specks_are_filled(scene):
     frame, ids, _ = scene
     depth = frame.depth.copy()
     depth[:10, :10] = np.nan
     depth[10:20, :10] = 0.0
-    tp = fit_table_plane(Frame(frame.rgb, depth, K))
-    assert np.isnan(tp.height[:20, :10]).all()
+    table = np.argwhere(cv2.erode((ids == 0).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
+    y, x = table[len(table) // 2]
+    depth[y - 1:y + 2, x - 1:x + 2] = 0.0  # a 3x3 speck of dropout in the middle of the table
+    tp = fit_table_plane(Frame(frame.rgb, depth, K), GeometricConfig(fill_specks=0))
+    assert np.isnan(tp.height[:20, :10]).all() and np.isnan(tp.height[y - 1:y + 2, x - 1:x + 2]).all()
     assert np.isfinite(tp.height[ids == 0][-100:]).all()
+    # By default the speck takes its neighbours' depth (they agree: no edge runs through it);
+    # a hole larger than the passes reach keeps no depth inside.
+    tp = fit_table_plane(Frame(frame.rgb, depth, K))
+    assert np.abs(tp.height[y - 1:y + 2, x - 1:x + 2]).max() < GeometricConfig().plane_distance
+    assert np.isnan(tp.height[:12, :4]).all()
+    # A speck on an occluding edge stays empty: its neighbours disagree by more than the depth jump.
+    d0 = frame.depth
+    edge = np.zeros_like(d0, bool)
+    edge[:, 1:] = np.abs(d0[:, 1:] - d0[:, :-1]) > 0.1 * np.minimum(d0[:, 1:], d0[:, :-1])
+    ey, ex = np.argwhere(edge[10:-10, 10:-10])[0] + 10
+    cut = frame.depth.copy()
+    cut[ey - 1:ey + 2, ex - 1:ex + 2] = 0.0
+    assert np.isnan(fit_table_plane(Frame(frame.rgb, cut, K)).height[ey, ex])
 
 
 def test_prompts_one_per_object_inside_it(scene):

@@ -104,6 +104,7 @@ class GeometricConfig:
     min_height: float = 0.008  # points this far above the plane belong to objects, metres
     max_height: float = 0.5  # ignore points higher than this above the table
     depth_jump: float = 0.02  # relative depth discontinuity that stops region growing
+    fill_specks: int = 2  # passes that fill invalid-depth specks from agreeing 5x5 neighbours (each ~4 px wider); 0 = off
     split_valley: float = 0.05  # objects joined by smoothed depth split at a valley this deep, metres
     split_valley_ratio: float = 0.4  # ... or this share of the lower peak's height, if less (bowl rims stay)
     enclosed_fraction: float = 0.7  # a region this much enclosed by another, behind it, is its inside
