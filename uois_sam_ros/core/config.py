@@ -121,7 +121,7 @@ class GeometricConfig:
     junction_angle: float = 15.0  # degrees; at that span, a turn this sharp and concave is a junction
     junction_fraction: float = 0.3  # colour pieces re-join unless this share of the border is a junction
     min_region_pixels: int = 150  # smallest object region at 640x480 (scaled with the image area)
-    min_support: float = 0.5  # fraction of a cluster's footprint that must lie on the table
+    min_support: float = 0.5  # share of a region's footprint where the table is seen (not past its edge) to keep it
     seed: int = 1  # RANSAC seed, so that a frame always gives the same plane
     box_limit: bool = False  # apply postprocess's 200x200 box limit (made for SAM's background masks) here too
     flat_contrast: float = 15.0  # > 0: table-level blobs this far (CIELAB, L halved) from the local table colour are flat objects (0 = off)
