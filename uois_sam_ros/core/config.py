@@ -122,6 +122,7 @@ class GeometricConfig:
     junction_fraction: float = 0.3  # colour pieces re-join unless this share of the border is a junction
     min_region_pixels: int = 150  # smallest object region at 640x480 (scaled with the image area)
     min_support: float = 0.5  # share of a region's footprint where the table is seen (not past its edge) to keep it
+    wall_area: float = 0.15  # a region this big (share of the image), out of the image on 3+ sides, facing up < 30 %: a wall, not an object (0 = off)
     seed: int = 1  # RANSAC seed, so that a frame always gives the same plane
     box_limit: bool = False  # apply postprocess's 200x200 box limit (made for SAM's background masks) here too
     flat_contrast: float = 15.0  # > 0: table-level blobs this far (CIELAB, L halved) from the local table colour are flat objects (0 = off)

@@ -1190,6 +1190,31 @@ class _Segments:
         n_against = int(behind.sum() + (hidden & ~table_beyond).sum() + (v < 0).sum())
         return n_for / max(n_for + n_against, 1)
 
+    def is_wall(self, mask: np.ndarray, sl: tuple, min_area: float) -> bool:
+        """A wall or a cupboard beside the table rather than an object on it: it covers min_area of
+        the image or more, runs out of the image on three sides or four, and hardly any of it
+        (under 30 %) faces up. An object that close to the camera shows its top; the table's
+        own support test cannot tell a wall the table stands against, which rises right from it."""
+        H, W = mask.shape
+        if int(mask[sl].sum()) < min_area * H * W:
+            return False
+        if (sl[0].start == 0) + (sl[1].start == 0) + (sl[0].stop == H) + (sl[1].stop == W) < 3:
+            return False
+        p = self.plane.points[sl][::2, ::2]
+        m = mask[sl][::2, ::2]
+        dx = np.zeros_like(p)
+        dy = np.zeros_like(p)
+        dx[:, 1:-1] = p[:, 2:] - p[:, :-2]
+        dy[1:-1] = p[2:] - p[:-2]
+        n = np.cross(dx, dy)
+        norm = np.linalg.norm(n, axis=-1)
+        with np.errstate(invalid="ignore"):
+            ok = m & np.isfinite(norm) & (norm > 0)
+        if ok.sum() < 20:
+            return False
+        cos_up = np.abs((n[ok] / norm[ok][:, None]) @ self.plane.normal.astype(np.float32))
+        return float((cos_up > np.cos(np.deg2rad(30.0))).mean()) < 0.3
+
     def confidence(self, mask: np.ndarray, sl: tuple | None = None) -> float:
         """Solidity x table support: a real object is a near-convex blob standing on the
         table; a region that leaked through a missing edge is ragged, and clutter off the
@@ -1331,6 +1356,8 @@ class GeometricPromptSource:
             m = seg.mask_of(lab)
             sl = seg.box_of(lab)
             if sl is None or seg.support(m, sl) < cfg.min_support:
+                continue
+            if cfg.wall_area > 0 and seg.is_wall(m, sl, cfg.wall_area):
                 continue
             # The point deepest inside the region: far from every edge SAM-style decoders
             # (and the region lookup) could confuse with a neighbour.
