@@ -95,8 +95,9 @@ class TablePlane:
         return self.coefficients[:3]
 
 
-def _checked_depth(frame: Frame) -> np.ndarray:
-    """Depth in metres with NaN for invalid pixels, after the frame's own checks."""
+def _checked_depth(frame: Frame, cfg: GeometricConfig) -> np.ndarray:
+    """Depth in metres with NaN for invalid pixels, after the frame's own checks, with its
+    invalid specks filled (_fill_specks): every plane fit of a frame sees the same depth."""
     if frame.depth is None:
         raise FrameError("the geometric backend needs depth, but the frame has none")
     if frame.intrinsics is None:
@@ -105,7 +106,7 @@ def _checked_depth(frame: Frame) -> np.ndarray:
     frame.validate(need_depth=True, need_intrinsics=True)
     d = frame.depth.astype(np.float32, copy=True)
     d[~(np.isfinite(d) & (d > 0))] = np.nan
-    return d
+    return _fill_specks(d, cfg.fill_specks, cfg.depth_jump)
 
 
 def _fill_specks(depth: np.ndarray, passes: int, jump: float) -> np.ndarray:
@@ -216,8 +217,8 @@ def _choose_table(cands: list[PlaneCandidate], cfg: GeometricConfig) -> PlaneCan
     Walls face the camera sideways (a camera looking down sees their normal pointing down in the
     image), so only planes whose normal points up are supports, and only those parallel to the
     one with the most points (of those that cover a table's area, if any). Among those that
-    cover a table's area (table_min_area), from the lowest up, a plane replaces the current one when it lies a table's height above it
-    (table_min_step) or has more points: a table standing on a floor or a carpet beats the larger
+    cover a table's area (table_min_area), from the lowest up, a plane replaces the current one
+    when it lies a table's height above it (table_min_step) or has more points: a table standing on a floor or a carpet beats the larger
     floor, while the top of a box, a few centimetres up and smaller, does not beat the table.
     """
     up = [c for c in cands if c.normal[1] <= _UP_MAX_NY] or cands
@@ -240,7 +241,7 @@ def _choose_table(cands: list[PlaneCandidate], cfg: GeometricConfig) -> PlaneCan
 def fit_table_plane(frame: Frame, cfg: GeometricConfig | None = None) -> TablePlane:
     """Find the table: see _choose_table for how it is told from a floor, a wall or a box top."""
     cfg = cfg or GeometricConfig()
-    depth = _fill_specks(_checked_depth(frame), cfg.fill_specks, cfg.depth_jump)
+    depth = _checked_depth(frame, cfg)
     pts = _backproject(depth, frame)
     valid = np.isfinite(depth)
     idx = np.flatnonzero(valid.ravel())
@@ -280,7 +281,7 @@ def plane_from_fit_pixels(frame: Frame, cfg: GeometricConfig, fit_pixels: np.nda
     """The TablePlane fit_table_plane gave for this frame, from its fit pixels and table region
     (TablePlane.fit_pixels, .region): the same coefficients, bit for bit, at the cost of one
     least-squares fit instead of the RANSAC search. ``candidates`` is empty."""
-    depth = _fill_specks(_checked_depth(frame), cfg.fill_specks, cfg.depth_jump)
+    depth = _checked_depth(frame, cfg)
     if region.shape != depth.shape:
         raise FrameError(f"table region is {region.shape[1]}x{region.shape[0]} but the frame is "
                          f"{depth.shape[1]}x{depth.shape[0]}")
@@ -1147,8 +1148,8 @@ class _Segments:
     def support(self, mask: np.ndarray, sl: tuple | None = None) -> float:
         """How far the table is seen under the region. Its points are dropped onto the plane; each
         footprint point is evidence for the table where its pixel lies inside the table's outline,
-        and against it where the pixel shows something
-        behind the plane (the floor past the table's edge). Where the pixel shows something in
+        and against it where the pixel shows something behind the plane (the floor past the
+        table's edge). Where the pixel shows something in
         front of the plane (the object itself, or another), or the footprint falls below the
         image, the table counts as there if it is seen farther up that image column: an object
         hides its own footprint, and one near the camera stands where the image ends. Past the
