@@ -471,8 +471,17 @@ def test_real_tabletop_frames(real_rgbd_dir):
         assert 1 <= len(masks) <= 30, (name, len(masks))
         assert masks.mean(axis=(1, 2)).max() < 0.4, name
         assert inliers.mean() > 0.15, name  # the table is a large part of every view
-        # Instances are not the table.
-        assert (masks & inliers[None]).sum() < 0.05 * masks.sum(), name
+        # Instances are not the table: table-height pixels in a mask lie within the image hull
+        # of its raised part (the floor inside a bowl or a cup), not around it.
+        outside = 0
+        for m in masks:
+            raised = m & ~inliers
+            ys, xs = np.nonzero(raised)
+            hull = np.zeros(m.shape, np.uint8)
+            if len(xs) >= 3:
+                cv2.fillConvexPoly(hull, cv2.convexHull(np.stack([xs, ys], 1).astype(np.int32)), 1)
+            outside += int((m & inliers & (hull == 0)).sum())
+        assert outside < 0.05 * masks.sum(), name
 
 
 # Object centres picked by eye on the colour images (x, y).
@@ -770,3 +779,96 @@ def test_a_wall_beside_the_table_is_not_an_object_but_a_near_wide_box_is():
     box = ids == 1
     assert box.mean() > 0.3 and box[-1].any() and box[:, 0].any() and box[:, -1].any()
     assert objects(frame, ids, GeometricConfig()) == [1]
+
+
+def _rim_roots(o, d, centre, r):
+    """Entry and exit distances of rays through an infinite upright cylinder (inf / -inf: miss)."""
+    ox, oy = o[0] - centre[0], o[1] - centre[1]
+    a = d[:, 0] ** 2 + d[:, 1] ** 2
+    b = 2 * (ox * d[:, 0] + oy * d[:, 1])
+    c = ox ** 2 + oy ** 2 - r ** 2
+    disc = b ** 2 - 4 * a * c
+    s = np.sqrt(np.maximum(disc, 0))
+    return np.where(disc >= 0, (-b - s) / (2 * a), np.inf), np.where(disc >= 0, (-b + s) / (2 * a), -np.inf)
+
+
+def _mug_hits(o, d, centre, r_in, r_out, top, bottom):
+    """Outer wall, rim, inner wall and floor of an open cylinder (a mug without handle) whose
+    floor is `bottom` above the table."""
+    def z(t):
+        return o[2] + t * d[:, 2]
+
+    def rho(t):
+        return np.hypot(o[0] + t * d[:, 0] - centre[0], o[1] + t * d[:, 1] - centre[1])
+
+    t_out, _ = _rim_roots(o, d, centre, r_out)
+    outer = np.where((t_out > 0) & (z(t_out) >= 0) & (z(t_out) <= top), t_out, np.inf)
+    t_top = (top - o[2]) / d[:, 2]
+    rim = np.where((t_top > 0) & (rho(t_top) >= r_in) & (rho(t_top) <= r_out), t_top, np.inf)
+    through = (t_top > 0) & (rho(t_top) < r_in)
+    _, t_exit = _rim_roots(o, d, centre, r_in)
+    inner = np.where(through & (t_exit > t_top) & (z(t_exit) >= bottom) & (z(t_exit) <= top), t_exit, np.inf)
+    t_bot = (bottom - o[2]) / d[:, 2]
+    floor = np.where(through & (t_bot > t_top) & (rho(t_bot) < r_in), t_bot, np.inf)
+    return [outer, rim, inner, floor]
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.0015])
+def test_a_bowl_seen_into_is_one_object_with_its_inside_and_touching_cans_stay_apart(noise):
+    """A red bowl (an open cylinder, 12 cm wide, 5 cm high) with a white inside, seen from 45
+    degrees: its rim occludes the inside, and the floor inside is 4 mm up, below min_height.
+    Without hollow_fit it falls into pieces; with it, one prompt and one mask (IoU > 0.9 with
+    the whole bowl, its floor included). Three touching cans of one radius fit no single
+    surface of revolution, so they stay three."""
+    c = np.array([0.0, -0.4, 0.45])
+    rot = _look_from(c, np.array([0.0, 0.05, 0.0]))
+
+    def hits(o, d):
+        table = np.where(d[:, 2] < 0, -o[2] / d[:, 2], np.inf)
+        return [table, *_mug_hits(o, d, (-0.03, 0.05), 0.055, 0.06, 0.05, 0.004),
+                _cyl_hit(o, d, (0.1, 0.02), 0.035, 0.11)]
+
+    colours = [(160, 120, 80), (200, 40, 40), (200, 40, 40), (235, 235, 230), (235, 235, 230), (40, 60, 200)]
+    frame, ids, _ = _cast(c, rot, hits, colours, noise=noise)
+    truth = np.where((ids >= 1) & (ids <= 4), 1, np.where(ids == 5, 2, 0))
+    assert (ids == 3).sum() > 300 and (ids == 4).sum() > 100  # the inside and its floor are in view
+
+    def run(cfg):
+        pr = GeometricPromptSource(cfg).prompts(frame)
+        seg = GeometricSegmenter(cfg)
+        seg.set_frame(frame)
+        masks = seg.decode(pr).masks[:, 0]
+        objs = [int(truth[int(y), int(x)]) for x, y in pr.points]
+        return objs, [_iou(m, truth == k) for m, k in zip(masks, objs)], masks
+
+    objs, ious, masks = run(GeometricConfig())
+    assert sorted(objs) == [1, 2]
+    assert min(ious) > 0.9
+    assert masks[objs.index(1)][ids == 4].mean() > 0.9  # the floor, at table height
+    objs, ious, _ = run(GeometricConfig(hollow_fit=0.0))
+    assert objs.count(1) >= 2 and max(i for i, k in zip(ious, objs) if k == 1) < 0.5
+
+    # The sensor loses the middle of the near rim (real D435 frames of white bowls): it reads as
+    # table, so the walls no longer enclose the floor, and only the wall's own surface of
+    # revolution says where its inside is.
+    table_only, _, _ = _cast(c, rot, lambda o, d: [np.where(d[:, 2] < 0, -o[2] / d[:, 2], np.inf)],
+                             [(160, 120, 80)])
+    wall = (ids == 1) | (ids == 2)
+    cols = np.nonzero(wall.any(0))[0]
+    mid = np.abs(np.arange(W) - cols.mean()) < 0.25 * (cols.max() - cols.min())
+    lost = wall & mid[None, :] & (np.arange(H)[:, None] > np.median(np.nonzero(ids == 4)[0]))
+    assert lost.sum() > 100
+    depth = np.where(lost, table_only.depth, frame.depth)
+    frame = Frame(rgb=frame.rgb, depth=depth.astype(np.float32), intrinsics=K)
+    truth[lost] = 0
+    objs, ious, masks = run(GeometricConfig())
+    assert sorted(objs) == [1, 2]
+    assert masks[objs.index(1)][ids == 4].mean() > 0.9
+
+    def cans(o, d):
+        table = np.where(d[:, 2] < 0, -o[2] / d[:, 2], np.inf)
+        return [table] + [_cyl_hit(o, d, (x, 0.03), 0.035, 0.08) for x in (0.03, 0.1, -0.04)]
+
+    frame, ids, _ = _cast(c, rot, cans, [(160, 120, 80), (200, 40, 40), (40, 60, 200), (40, 160, 60)], noise=noise)
+    pr = GeometricPromptSource(GeometricConfig()).prompts(frame)
+    assert sorted(int(ids[int(y), int(x)]) for x, y in pr.points) == [1, 2, 3]

@@ -108,6 +108,8 @@ class GeometricConfig:
     split_valley: float = 0.05  # objects joined by smoothed depth split at a valley this deep, metres
     split_valley_ratio: float = 0.4  # ... or this share of the lower peak's height, if less (bowl rims stay)
     enclosed_fraction: float = 0.7  # a region this much enclosed by another, behind it, is its inside
+    hollow_fit: float = 0.08  # neighbours whose points lie on one upright surface of revolution (radius error under this share of it) are one hollow object (0 = off)
+    hollow_cover: float = 150.0  # degrees of its axis a wall must go around to take in what lies inside it (a bowl's bottom)
     halo_px: int = 24  # depth bleed onto the table is cut to colour edges in this band, px (0 = off)
     halo_ratio: float = 2.0  # ... if the table's colours explain a pixel this many times better
     colour_weight: float = 1.0  # > 0: also split at strong colour edges, re-joined where convex (0 = off)

@@ -19,7 +19,12 @@ the supporting plane. Steps, each fixing a failure seen on real RealSense frames
    colour superpixels instead, so that an edge with gaps cannot hide where objects meet.
 5. Inside of hollow objects: a region seen through another one's opening (the inside of a mug
    or bowl: enclosed by it, or behind its rim and level with it) is joined to it; slivers and
-   crumbs join the region they mostly border.
+   crumbs join the region they mostly border. The creases of a bowl's or mug's inside still
+   cut it into walls, inside and bottom: neighbours whose points lie on one upright surface of
+   revolution (a radius per height about an axis normal to the table), or inside such a wall,
+   are joined too (hollow_fit), and a region that is such a wall takes in the pixels inside it
+   down to the table (a bowl's bottom is at table height, and its near rim is often lost to the
+   sensor, so there is no hole to fill).
 6. Halo: depth bleeds onto the table around objects; a colour watershed from the object cores
    and the table moves region borders back onto the colour edges (halo_px).
 7. Flat objects (flat_contrast > 0): sheets, pads, markers and cutlery lying down are too thin
@@ -93,6 +98,15 @@ class TablePlane:
     @property
     def normal(self) -> np.ndarray:
         return self.coefficients[:3]
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Two unit vectors spanning the plane: coordinates of points seen from above the table."""
+        n = self.normal.astype(np.float64)
+        e1 = np.cross(n, [0.0, 0.0, 1.0])
+        if np.linalg.norm(e1) < 1e-3:
+            e1 = np.array([1.0, 0.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        return e1, np.cross(n, e1)
 
 
 def _checked_depth(frame: Frame, cfg: GeometricConfig) -> np.ndarray:
@@ -409,6 +423,87 @@ def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return lo.astype(np.int64) * n + hi
 
 
+@dataclass
+class _Revolution:
+    """An upright surface of revolution fitted to table-plane points (u, v, height): the axis
+    (cu, cv) and R(h)^2 = a + b h + c h^2 over the fitted height range."""
+
+    cu: float
+    cv: float
+    coef: np.ndarray  # a, b, c
+    h_lo: float
+    h_hi: float
+    radius: float  # median radius of the fitted points
+    err: np.ndarray  # radius error of every fitted point, metres
+
+    def radius_at(self, h: np.ndarray) -> np.ndarray:
+        h = np.clip(h, self.h_lo, self.h_hi)
+        return np.sqrt(np.maximum(self.coef[0] + self.coef[1] * h + self.coef[2] * h * h, 0.0))
+
+    def rho(self, f: np.ndarray) -> np.ndarray:
+        return np.hypot(f[:, 0] - self.cu, f[:, 1] - self.cv)
+
+    def coverage(self, f: np.ndarray) -> float:
+        """Degrees of the circle around the axis that f's points cover (in 30 degree bins)."""
+        ang = np.arctan2(f[:, 1] - self.cv, f[:, 0] - self.cu)
+        bins = np.bincount(((ang + np.pi) / (np.pi / 6)).astype(int) % 12, minlength=12)
+        return 30.0 * float((bins >= max(2, 0.02 * len(f))).sum())
+
+
+def _fit_revolution(f: np.ndarray) -> _Revolution | None:
+    """Least-squares fit of (u-cu)^2 + (v-cv)^2 = R(h)^2, R^2 quadratic in h (linear in its
+    unknowns), twice: the worst 20 % of points are dropped for the second fit (depth bleeds at
+    rims and creases). None if it is degenerate or no object's size (radius 1.5 to 20 cm)."""
+    if len(f) < 10:
+        return None
+    u, v, h = f[:, 0], f[:, 1], f[:, 2]
+    A = np.stack([2 * u, 2 * v, np.ones_like(u), h, h * h], 1)
+    y = u * u + v * v
+    keep = np.ones(len(f), bool)
+    for _ in range(2):
+        sol, *_ = np.linalg.lstsq(A[keep], y[keep], rcond=None)
+        cu, cv = float(sol[0]), float(sol[1])
+        coef = sol[2:] + np.array([cu * cu + cv * cv, 0.0, 0.0])
+        rev = _Revolution(cu, cv, coef, float(np.percentile(h, 2)), float(np.percentile(h, 98)), 0.0, np.zeros(0))
+        rho = rev.rho(f)
+        err = np.abs(rho - rev.radius_at(h))
+        keep = err <= np.percentile(err, 80)
+    rev.radius, rev.err = float(np.median(rho)), err
+    if not 0.015 <= rev.radius <= 0.2 or not np.isfinite(err).all():
+        return None
+    return rev
+
+
+def _hollow_tolerance(rev: _Revolution, tol: float, depth: float) -> float:
+    """Radius error allowed: a share of the radius, at least the sensor's noise at that depth."""
+    return max(0.003, 0.009 * depth, tol * rev.radius)
+
+
+def _one_revolution(fa: np.ndarray, fb: np.ndarray, tol: float, depth: float) -> bool:
+    """Do two point sets lie on one upright surface of revolution (80 % of each set's points within
+    the tolerance of the radius)?"""
+    rev = _fit_revolution(np.concatenate([fa, fb]))
+    if rev is None:
+        return False
+    lim = _hollow_tolerance(rev, tol, depth)
+    return bool(np.percentile(rev.err[:len(fa)], 80) <= lim and np.percentile(rev.err[len(fa):], 80) <= lim)
+
+
+def _hollow_fit(f: np.ndarray, tol: float, depth: float, min_cover: float) -> _Revolution | None:
+    """f's own surface of revolution, if f is the wall of a hollow object: 80 % of its points on
+    it, around at least min_cover degrees of its axis (so that the axis is pinned down)."""
+    rev = _fit_revolution(f)
+    if rev is None or np.percentile(rev.err, 80) > _hollow_tolerance(rev, tol, depth):
+        return None
+    return rev if rev.coverage(f) >= min_cover else None
+
+
+def _inside(rev: _Revolution, f: np.ndarray, tol: float, depth: float) -> np.ndarray:
+    """Which of f's points lie inside rev's wall (within the tolerance) and not above its top."""
+    lim = _hollow_tolerance(rev, tol, depth)
+    return (rev.rho(f) <= rev.radius_at(f[:, 2]) + lim) & (f[:, 2] <= rev.h_hi + lim)
+
+
 class _UnionFind:
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
@@ -560,6 +655,8 @@ class _Segments:
                 regions = self._split_colour(regions, la, lb, geo, col, cav, above, blur, min_px, only=big)
         regions = self._join_parts(regions, pts, hs, rgb)
         regions = self._absorb_slivers(regions, min_px)
+        if cfg.hollow_fit > 0:
+            regions = self._join_hollow(regions, pts, height, min_px)
         regions = self._drop_small_and_flat(regions, height, min_px)
         if cfg.halo_px > 0:
             band = max(1, round(cfg.halo_px * ref / s))
@@ -791,11 +888,7 @@ class _Segments:
         depth = pts[..., 2]
         lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
         n_plane, d_plane = self.plane.normal.astype(np.float32), np.float32(self.plane.coefficients[3])
-        e1 = np.cross(n_plane, [0.0, 0.0, 1.0]).astype(np.float32)
-        if np.linalg.norm(e1) < 1e-3:
-            e1 = np.array([1.0, 0.0, 0.0], np.float32)
-        e1 /= np.linalg.norm(e1)
-        e2 = np.cross(n_plane, e1).astype(np.float32)
+        e1, e2 = (e.astype(np.float32) for e in self.plane.axes())
         for _ in range(3):
             n = int(regions.max()) + 1
             if n <= 2:
@@ -851,6 +944,82 @@ class _Segments:
                 break
             regions = mapping[regions]
         return regions
+
+    def _join_hollow(self, regions: np.ndarray, pts: np.ndarray, height: np.ndarray,
+                     min_px: int) -> np.ndarray:
+        """Join the pieces of one upright hollow object that the steps above cut apart: a mug's
+        inside and outside (its rim occludes the inside), a bowl's walls (the concave crease of
+        its inside). Such an object is a surface of revolution about an axis normal to the table,
+        so the points of all its pieces lie at one radius per height from that axis; two separate
+        objects do not share an axis, and straight faces fit no radius."""
+        n = int(regions.max()) + 1
+        if n <= 2:
+            return regions
+        # Neighbours across a gap of up to 2 pixels: the creases leave thin unlabelled seams.
+        a = np.concatenate([regions[:-d].ravel() for d in (1, 2, 3)] + [regions[:, :-d].ravel() for d in (1, 2, 3)])
+        b = np.concatenate([regions[d:].ravel() for d in (1, 2, 3)] + [regions[:, d:].ravel() for d in (1, 2, 3)])
+        sel = (a != b) & (a > 0) & (b > 0)
+        if not sel.any():
+            return regions
+        uk, cnt = np.unique(_pair_keys(a[sel], b[sel], n), return_counts=True)
+        e1, e2 = self.plane.axes()
+        sizes = np.bincount(regions.ravel(), minlength=n)
+        slices = ndimage.find_objects(regions)
+        feet: dict[int, np.ndarray] = {}  # root -> (k, 4): table-plane u, v, height, depth
+        walls: dict[int, _Revolution | None] = {}
+        tol, cover = self.cfg.hollow_fit, self.cfg.hollow_cover
+
+        def foot(k: int) -> np.ndarray:
+            if k in feet:
+                return feet[k]
+            sl = slices[k - 1]
+            m = regions[sl] == k
+            p, h = pts[sl][m].astype(np.float64), height[sl][m].astype(np.float64)
+            ok = np.isfinite(h)
+            p, h = p[ok], h[ok]
+            if len(p) > 300:
+                idx = np.linspace(0, len(p) - 1, 300).astype(int)
+                p, h = p[idx], h[idx]
+            feet[k] = np.stack([p @ e1, p @ e2, h, p[:, 2]], 1)
+            return feet[k]
+
+        def wall(k: int, f: np.ndarray, z: float) -> _Revolution | None:
+            if k not in walls:
+                walls[k] = _hollow_fit(f[:, :3], tol, z, cover)
+            return walls[k]
+
+        uf = _UnionFind(n)
+        for idx in np.argsort(-cnt, kind="stable"):
+            if cnt[idx] < 3:
+                break
+            ra, rb = uf.find(int(uk[idx] // n)), uf.find(int(uk[idx] % n))
+            if ra == rb or sizes[ra] < min_px or sizes[rb] < min_px:
+                continue
+            fa, fb = foot(ra), foot(rb)
+            if len(fa) < 10 or len(fb) < 10:
+                continue
+            z = float(np.median(np.concatenate([fa[:, 3], fb[:, 3]])))
+            ga, gb = fa[:, :3], fb[:, :3]
+            joined = _one_revolution(ga, gb, tol, z)
+            if not joined:  # the bottom (or the inside) within the walls of the other
+                for w, o, fw in ((ra, gb, fa), (rb, ga, fb)):
+                    rev = wall(w, fw, z)
+                    if rev is not None and _inside(rev, o, tol, z).mean() >= 0.9:
+                        joined = True
+                        break
+            if not joined:
+                continue
+            uf.parent[rb] = ra
+            both = np.concatenate([fa, fb])
+            if len(both) > 600:
+                both = both[np.linspace(0, len(both) - 1, 600).astype(int)]
+            feet[ra] = both
+            sizes[ra] += sizes[rb]
+            feet.pop(rb, None)
+            walls.pop(ra, None)
+            walls.pop(rb, None)
+        mapping = np.array([uf.find(k) for k in range(n)])
+        return mapping[regions]
 
     @staticmethod
     def _region_stats(regions: np.ndarray, k: int, sl: tuple | None, pts: np.ndarray, lab: np.ndarray,
@@ -989,14 +1158,16 @@ class _Segments:
         cand[ys[keep], xs[keep]] = False
         out = regions.copy()
         out[cand] = 0
-        # Each region keeps its largest connected piece.
+        # Each region keeps its largest piece; pieces 2 pixels apart count as one (the seams
+        # between the pieces _join_hollow joined).
         for k, sl in enumerate(ndimage.find_objects(out), start=1):
             if sl is None:
                 continue
             m = out[sl] == k
-            cc_k, ncc = ndimage.label(m)
+            cc_k, ncc = ndimage.label(cv2.dilate(np.pad(m, 2).astype(np.uint8), np.ones((3, 3), np.uint8),
+                                                 iterations=1)[2:-2, 2:-2] > 0)
             if ncc > 1:
-                sizes = np.bincount(cc_k.ravel())
+                sizes = np.bincount(cc_k[m], minlength=ncc + 1)
                 sizes[0] = 0
                 out[sl][(cc_k != int(np.argmax(sizes))) & m] = 0
         sizes = np.bincount(out.ravel())
@@ -1134,6 +1305,46 @@ class _Segments:
                                   cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
         filled = ndimage.binary_fill_holes(closed[r:-r, r:-r])
         out[sl] = m | (filled & (sub == 0))
+        if self.cfg.hollow_fit > 0:
+            out |= self._hollow_inside(lab, m, sl)
+        return out
+
+    def _hollow_inside(self, lab: int, m: np.ndarray, sl: tuple) -> np.ndarray:
+        """The inside of a hollow object whose region is its wall: a bowl's or a cup's bottom is
+        at table height (so no region of its own), and its near rim is often lost to the depth
+        sensor (so no hole to fill either). Where the region's points lie on an upright surface
+        of revolution, the unlabelled pixels within the region's image hull whose points lie
+        inside that surface, no lower than the table, join it (past the hull, the table around
+        the object's foot would join too: measured worse on the rendered sets)."""
+        H, W = self.labels.shape
+        out = np.zeros((H, W), bool)
+        pts = self.plane.points[sl][m]
+        h = self.plane.height[sl][m]
+        ok = np.isfinite(h)
+        if ok.sum() < 30:
+            return out
+        pts, h = pts[ok].astype(np.float64), h[ok].astype(np.float64)
+        if len(pts) > 300:
+            idx = np.linspace(0, len(pts) - 1, 300).astype(int)
+            pts, h = pts[idx], h[idx]
+        e1, e2 = self.plane.axes()
+        z = float(np.median(pts[:, 2]))
+        tol = self.cfg.hollow_fit
+        rev = _hollow_fit(np.stack([pts @ e1, pts @ e2, h], 1), tol, z, self.cfg.hollow_cover)
+        if rev is None:
+            return out
+        ys, xs = np.nonzero(m)
+        hull = np.zeros(m.shape, np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(np.stack([xs, ys], 1).astype(np.int32)), 1)
+        cy, cx = np.nonzero((hull > 0) & (self.labels[sl] == 0))
+        if len(cy) == 0:
+            return out
+        p = self.plane.points[sl][cy, cx].astype(np.float64)
+        hh = self.plane.height[sl][cy, cx].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(hh) & (hh >= -self.cfg.plane_distance)
+        good[good] &= _inside(rev, np.stack([p @ e1, p @ e2, hh], 1)[good], tol, z)
+        out[cy[good] + sl[0].start, cx[good] + sl[1].start] = True
         return out
 
     def _table_top_rows(self) -> np.ndarray:
