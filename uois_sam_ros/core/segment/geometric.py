@@ -498,10 +498,12 @@ def _hollow_fit(f: np.ndarray, tol: float, depth: float, min_cover: float) -> _R
     return rev if rev.coverage(f) >= min_cover else None
 
 
-def _inside(rev: _Revolution, f: np.ndarray, tol: float, depth: float) -> np.ndarray:
-    """Which of f's points lie inside rev's wall (within the tolerance) and not above its top."""
+def _inside(rev: _Revolution, f: np.ndarray, tol: float, depth: float, floor: bool = True) -> np.ndarray:
+    """Which of f's points lie inside rev's wall (within the tolerance) and not above its top; with
+    floor=False also not below its wall's foot (an object under a sphere or a mug is not in it)."""
     lim = _hollow_tolerance(rev, tol, depth)
-    return (rev.rho(f) <= rev.radius_at(f[:, 2]) + lim) & (f[:, 2] <= rev.h_hi + lim)
+    ok = (rev.rho(f) <= rev.radius_at(f[:, 2]) + lim) & (f[:, 2] <= rev.h_hi + lim)
+    return ok if floor else ok & (f[:, 2] >= rev.h_lo - lim)
 
 
 class _UnionFind:
@@ -1000,11 +1002,15 @@ class _Segments:
                 continue
             z = float(np.median(np.concatenate([fa[:, 3], fb[:, 3]])))
             ga, gb = fa[:, :3], fb[:, :3]
-            joined = _one_revolution(ga, gb, tol, z)
+            # One wall seen in pieces shares heights; objects stacked on one axis do not.
+            la, ha_ = np.percentile(ga[:, 2], [10, 90])
+            lb, hb_ = np.percentile(gb[:, 2], [10, 90])
+            shared = min(ha_, hb_) - max(la, lb) >= 0.5 * min(ha_ - la, hb_ - lb)
+            joined = shared and _one_revolution(ga, gb, tol, z)
             if not joined:  # the bottom (or the inside) within the walls of the other
                 for w, o, fw in ((ra, gb, fa), (rb, ga, fb)):
                     rev = wall(w, fw, z)
-                    if rev is not None and _inside(rev, o, tol, z).mean() >= 0.9:
+                    if rev is not None and _inside(rev, o, tol, z, floor=False).mean() >= 0.9:
                         joined = True
                         break
             if not joined:
