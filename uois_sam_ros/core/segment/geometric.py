@@ -1433,6 +1433,26 @@ class _Segments:
         cos_up = np.abs((n[ok] / norm[ok][:, None]) @ self.plane.normal.astype(np.float32))
         return float((cos_up > np.cos(np.deg2rad(30.0))).mean()) < 0.3
 
+    def wall_plane(self, mask: np.ndarray, sl: tuple) -> np.ndarray | None:
+        """The plane (a, b, c, d) of a region is_wall found (seeded RANSAC on a subsample), so that
+        the pieces of the same wall that the region steps cut off can be told by it."""
+        p = self.plane.points[sl][mask[sl]]
+        p = p[np.isfinite(p[:, 2])]
+        if len(p) > 4000:
+            p = p[np.linspace(0, len(p) - 1, 4000).astype(int)]
+        inl = _ransac(p.astype(np.float64), 0.01, 100, np.random.default_rng(self.cfg.seed))
+        return None if inl is None else _fit_ls(p[inl].astype(np.float64))
+
+    def on_walls(self, sub: np.ndarray, sl: tuple, walls: list[np.ndarray]) -> bool:
+        """Does the region (sub: its mask within its box sl) lie on one of these wall planes (80 %
+        of its points within 1.5 cm)? A piece of the wall, or a poster on it; an object standing
+        against a wall rises from it."""
+        p = self.plane.points[sl][sub]
+        p = p[np.isfinite(p[:, 2])].astype(np.float64)
+        if len(p) == 0:
+            return False
+        return any(float((np.abs(p @ w[:3] + w[3]) < 0.015).mean()) >= 0.8 for w in walls)
+
     def confidence(self, mask: np.ndarray, sl: tuple | None = None) -> float:
         """Solidity x table support: a real object is a near-convex blob standing on the
         table; a region that leaked through a missing edge is ragged, and clutter off the
@@ -1570,12 +1590,20 @@ class GeometricPromptSource:
         seg = _Segments(frame, cfg)
         self.last_segments = seg
         pts, scs = [], []
+        kept, walls = [], []
         for lab in range(1, int(seg.labels.max()) + 1):
             m = seg.mask_of(lab)
             sl = seg.box_of(lab)
             if sl is None or seg.support(m, sl) < cfg.min_support:
                 continue
             if cfg.wall_area > 0 and seg.is_wall(m, sl, cfg.wall_area):
+                w = seg.wall_plane(m, sl)
+                if w is not None:
+                    walls.append(w)
+                continue
+            kept.append((lab, sl, m[sl], seg.confidence(m, sl)))
+        for lab, sl, sub, score in kept:
+            if walls and seg.on_walls(sub, sl, walls):
                 continue
             # The point deepest inside the region: far from every edge SAM-style decoders
             # (and the region lookup) could confuse with a neighbour.
@@ -1583,7 +1611,7 @@ class GeometricPromptSource:
             dist = cv2.distanceTransform(np.pad(core, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
             y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
             pts.append((float(x + sl[1].start), float(y + sl[0].start)))
-            scs.append(seg.confidence(m, sl))
+            scs.append(score)
         if not pts:
             return Prompts.empty()
         order = np.argsort(-np.asarray(scs), kind="stable")[: cfg.max_prompts]
