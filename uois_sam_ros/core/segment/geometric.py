@@ -459,12 +459,13 @@ def _fit_revolution(f: np.ndarray) -> _Revolution | None:
     u, v, h = f[:, 0], f[:, 1], f[:, 2]
     A = np.stack([2 * u, 2 * v, np.ones_like(u), h, h * h], 1)
     y = u * u + v * v
+    h_lo, h_hi = (float(x) for x in np.percentile(h, [2, 98]))
     keep = np.ones(len(f), bool)
     for _ in range(2):
         sol, *_ = np.linalg.lstsq(A[keep], y[keep], rcond=None)
         cu, cv = float(sol[0]), float(sol[1])
         coef = sol[2:] + np.array([cu * cu + cv * cv, 0.0, 0.0])
-        rev = _Revolution(cu, cv, coef, float(np.percentile(h, 2)), float(np.percentile(h, 98)), 0.0, np.zeros(0))
+        rev = _Revolution(cu, cv, coef, h_lo, h_hi, 0.0, np.zeros(0))
         rho = rev.rho(f)
         err = np.abs(rho - rev.radius_at(h))
         keep = err <= np.percentile(err, 80)
@@ -534,6 +535,7 @@ class _Segments:
         self.frame = frame
         self._flat_ids: set[int] = set()  # working-resolution ids of the regions _flat_objects added
         self._top_rows: np.ndarray | None = None  # _table_top_rows, once per frame
+        self._insides: dict[int, np.ndarray | None] = {}  # _hollow_inside per region, once per frame
         H, W = frame.height, frame.width
         if packed is not None:
             packed = _check_packed(packed, H, W)
@@ -1312,23 +1314,26 @@ class _Segments:
         filled = ndimage.binary_fill_holes(closed[r:-r, r:-r])
         out[sl] = m | (filled & (sub == 0))
         if self.cfg.hollow_fit > 0:
-            out |= self._hollow_inside(lab, m, sl)
+            if lab not in self._insides:
+                self._insides[lab] = self._hollow_inside(m, sl)
+            inside = self._insides[lab]
+            if inside is not None:
+                out[sl] |= inside
         return out
 
-    def _hollow_inside(self, lab: int, m: np.ndarray, sl: tuple) -> np.ndarray:
+    def _hollow_inside(self, m: np.ndarray, sl: tuple) -> np.ndarray | None:
         """The inside of a hollow object whose region is its wall: a bowl's or a cup's bottom is
         at table height (so no region of its own), and its near rim is often lost to the depth
         sensor (so no hole to fill either). Where the region's points lie on an upright surface
         of revolution, the unlabelled pixels within the region's image hull whose points lie
         inside that surface, no lower than the table, join it (past the hull, the table around
-        the object's foot would join too: measured worse on the rendered sets)."""
-        H, W = self.labels.shape
-        out = np.zeros((H, W), bool)
+        the object's foot would join too: measured worse on the rendered sets). m: the region
+        within its box sl; returns the pixels to add within sl, or None."""
         pts = self.plane.points[sl][m]
         h = self.plane.height[sl][m]
         ok = np.isfinite(h)
         if ok.sum() < 30:
-            return out
+            return None
         pts, h = pts[ok].astype(np.float64), h[ok].astype(np.float64)
         if len(pts) > 300:
             idx = np.linspace(0, len(pts) - 1, 300).astype(int)
@@ -1338,19 +1343,22 @@ class _Segments:
         tol = self.cfg.hollow_fit
         rev = _hollow_fit(np.stack([pts @ e1, pts @ e2, h], 1), tol, z, self.cfg.hollow_cover)
         if rev is None:
-            return out
+            return None
         ys, xs = np.nonzero(m)
         hull = np.zeros(m.shape, np.uint8)
         cv2.fillConvexPoly(hull, cv2.convexHull(np.stack([xs, ys], 1).astype(np.int32)), 1)
         cy, cx = np.nonzero((hull > 0) & (self.labels[sl] == 0))
         if len(cy) == 0:
-            return out
+            return None
         p = self.plane.points[sl][cy, cx].astype(np.float64)
         hh = self.plane.height[sl][cy, cx].astype(np.float64)
         with np.errstate(invalid="ignore"):
             good = np.isfinite(hh) & (hh >= -self.cfg.plane_distance)
         good[good] &= _inside(rev, np.stack([p @ e1, p @ e2, hh], 1)[good], tol, z)
-        out[cy[good] + sl[0].start, cx[good] + sl[1].start] = True
+        if not good.any():
+            return None
+        out = np.zeros(m.shape, bool)
+        out[cy[good], cx[good]] = True
         return out
 
     def _table_top_rows(self) -> np.ndarray:
