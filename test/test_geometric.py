@@ -901,3 +901,39 @@ def test_pieces_of_a_wall_go_with_it_and_a_box_against_it_stays():
     assert k > 0 and (seg.labels == k)[island].mean() > 0.8
     m, sl = seg.mask_of(int(k)), seg.box_of(int(k))
     assert seg.support(m, sl) >= GeometricConfig().min_support and not seg.is_wall(m, sl, 0.15)
+
+
+def test_surface_of_revolution_fit_recovers_a_bowl_and_refuses_boxes_and_stacks():
+    """_fit_revolution on points of a conical bowl wall (radius 4 cm at the foot to 6 cm at the
+    rim, axis at (0.10, -0.20)), seen over 200 degrees with 1 mm noise: axis within 2 mm, radius
+    at foot and rim within 2 mm. Two faces of a box fit no such surface within the tolerance;
+    pieces of the bowl's wall do, and a can standing beside it does not share its surface."""
+    from uois_sam_ros.core.segment.geometric import _fit_revolution, _hollow_fit, _one_revolution
+
+    rng = np.random.default_rng(3)
+    th = rng.uniform(np.deg2rad(-10), np.deg2rad(190), 600)
+    h = rng.uniform(0.0, 0.06, 600)
+    r = 0.04 + h / 0.06 * 0.02
+    wall = np.stack([0.10 + r * np.cos(th), -0.20 + r * np.sin(th), h], 1)
+    wall[:, :2] += rng.normal(0.0, 0.001, (600, 2))
+    rev = _fit_revolution(wall)
+    assert rev is not None
+    assert abs(rev.cu - 0.10) < 0.002 and abs(rev.cv + 0.20) < 0.002
+    assert abs(rev.radius_at(np.array([0.0]))[0] - 0.04) < 0.002
+    assert abs(rev.radius_at(np.array([0.06]))[0] - 0.06) < 0.002
+    assert _hollow_fit(wall, 0.08, 0.6, 150.0) is not None
+    assert _hollow_fit(wall[th < np.deg2rad(50)], 0.08, 0.6, 150.0) is None  # too little of the circle
+    left, right = wall[th < np.deg2rad(90)], wall[th >= np.deg2rad(90)]
+    assert _one_revolution(left, right, 0.08, 0.6)
+
+    # Two visible faces of a 10 cm box standing beside the bowl.
+    s = rng.uniform(0.0, 0.1, 300)
+    hb = rng.uniform(0.0, 0.08, 300)
+    face1 = np.stack([0.25 + s, np.full(300, -0.25), hb], 1)
+    face2 = np.stack([np.full(300, 0.25), -0.25 + s, hb], 1)
+    box = np.concatenate([face1, face2])
+    assert _hollow_fit(box, 0.08, 0.6, 150.0) is None
+    # A can of the bowl's rim radius right beside it: its own axis, not the bowl's.
+    tc = rng.uniform(np.deg2rad(-10), np.deg2rad(190), 300)
+    can = np.stack([0.22 + 0.05 * np.cos(tc), -0.20 + 0.05 * np.sin(tc), rng.uniform(0.0, 0.06, 300)], 1)
+    assert not _one_revolution(wall, can, 0.08, 0.6)
