@@ -423,6 +423,18 @@ def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return lo.astype(np.int64) * n + hi
 
 
+def _plan_view(p: np.ndarray, h: np.ndarray, axes: tuple[np.ndarray, np.ndarray],
+               limit: int = 300) -> np.ndarray:
+    """Up to `limit` (evenly subsampled) of a region's points with a finite height, seen from
+    above the table: (k, 4) table-plane u, v, height and camera depth, float64."""
+    ok = np.isfinite(h)
+    p, h = p[ok].astype(np.float64), h[ok].astype(np.float64)
+    if len(p) > limit:
+        idx = np.linspace(0, len(p) - 1, limit).astype(int)
+        p, h = p[idx], h[idx]
+    return np.stack([p @ axes[0], p @ axes[1], h, p[:, 2]], 1)
+
+
 @dataclass
 class _Revolution:
     """An upright surface of revolution fitted to table-plane points (u, v, height): the axis
@@ -966,25 +978,18 @@ class _Segments:
         if not sel.any():
             return regions
         uk, cnt = np.unique(_pair_keys(a[sel], b[sel], n), return_counts=True)
-        e1, e2 = self.plane.axes()
+        axes = self.plane.axes()
         sizes = np.bincount(regions.ravel(), minlength=n)
         slices = ndimage.find_objects(regions)
-        feet: dict[int, np.ndarray] = {}  # root -> (k, 4): table-plane u, v, height, depth
+        feet: dict[int, np.ndarray] = {}  # root -> _plan_view of its points
         walls: dict[int, _Revolution | None] = {}
         tol, cover = self.cfg.hollow_fit, self.cfg.hollow_cover
 
         def foot(k: int) -> np.ndarray:
-            if k in feet:
-                return feet[k]
-            sl = slices[k - 1]
-            m = regions[sl] == k
-            p, h = pts[sl][m].astype(np.float64), height[sl][m].astype(np.float64)
-            ok = np.isfinite(h)
-            p, h = p[ok], h[ok]
-            if len(p) > 300:
-                idx = np.linspace(0, len(p) - 1, 300).astype(int)
-                p, h = p[idx], h[idx]
-            feet[k] = np.stack([p @ e1, p @ e2, h, p[:, 2]], 1)
+            if k not in feet:
+                sl = slices[k - 1]
+                m = regions[sl] == k
+                feet[k] = _plan_view(pts[sl][m], height[sl][m], axes)
             return feet[k]
 
         def wall(k: int, f: np.ndarray, z: float) -> _Revolution | None:
@@ -1329,19 +1334,13 @@ class _Segments:
         inside that surface, no lower than the table, join it (past the hull, the table around
         the object's foot would join too: measured worse on the rendered sets). m: the region
         within its box sl; returns the pixels to add within sl, or None."""
-        pts = self.plane.points[sl][m]
-        h = self.plane.height[sl][m]
-        ok = np.isfinite(h)
-        if ok.sum() < 30:
+        axes = self.plane.axes()
+        f = _plan_view(self.plane.points[sl][m], self.plane.height[sl][m], axes)
+        if len(f) < 30:
             return None
-        pts, h = pts[ok].astype(np.float64), h[ok].astype(np.float64)
-        if len(pts) > 300:
-            idx = np.linspace(0, len(pts) - 1, 300).astype(int)
-            pts, h = pts[idx], h[idx]
-        e1, e2 = self.plane.axes()
-        z = float(np.median(pts[:, 2]))
+        z = float(np.median(f[:, 3]))
         tol = self.cfg.hollow_fit
-        rev = _hollow_fit(np.stack([pts @ e1, pts @ e2, h], 1), tol, z, self.cfg.hollow_cover)
+        rev = _hollow_fit(f[:, :3], tol, z, self.cfg.hollow_cover)
         if rev is None:
             return None
         ys, xs = np.nonzero(m)
@@ -1354,7 +1353,7 @@ class _Segments:
         hh = self.plane.height[sl][cy, cx].astype(np.float64)
         with np.errstate(invalid="ignore"):
             good = np.isfinite(hh) & (hh >= -self.cfg.plane_distance)
-        good[good] &= _inside(rev, np.stack([p @ e1, p @ e2, hh], 1)[good], tol, z)
+        good[good] &= _inside(rev, np.stack([p @ axes[0], p @ axes[1], hh], 1)[good], tol, z)
         if not good.any():
             return None
         out = np.zeros(m.shape, bool)
@@ -1445,11 +1444,11 @@ class _Segments:
         """The plane (a, b, c, d) of a region is_wall found (seeded RANSAC on a subsample), so that
         the pieces of the same wall that the region steps cut off can be told by it."""
         p = self.plane.points[sl][mask[sl]]
-        p = p[np.isfinite(p[:, 2])]
+        p = p[np.isfinite(p[:, 2])].astype(np.float64)
         if len(p) > 4000:
             p = p[np.linspace(0, len(p) - 1, 4000).astype(int)]
-        inl = _ransac(p.astype(np.float64), 0.01, 100, np.random.default_rng(self.cfg.seed))
-        return None if inl is None else _fit_ls(p[inl].astype(np.float64))
+        inl = _ransac(p, 0.01, 100, np.random.default_rng(self.cfg.seed))
+        return None if inl is None else _fit_ls(p[inl])
 
     def on_walls(self, sub: np.ndarray, sl: tuple, walls: list[np.ndarray]) -> bool:
         """Does the region (sub: its mask within its box sl) lie on one of these wall planes (80 %
@@ -1461,10 +1460,10 @@ class _Segments:
             return False
         return any(float((np.abs(p @ w[:3] + w[3]) < 0.015).mean()) >= 0.8 for w in walls)
 
-    def confidence(self, mask: np.ndarray, sl: tuple | None = None) -> float:
+    def confidence(self, mask: np.ndarray, sl: tuple | None = None, support: float | None = None) -> float:
         """Solidity x table support: a real object is a near-convex blob standing on the
         table; a region that leaked through a missing edge is ragged, and clutter off the
-        table has no support."""
+        table has no support. support: the region's support, if the caller has it already."""
         sub = mask[sl] if sl is not None else mask
         area = int(sub.sum())
         if area < self.min_pixels:
@@ -1473,7 +1472,9 @@ class _Segments:
         hull = cv2.convexHull(np.concatenate(cnts))
         hull_area = max(float(cv2.contourArea(hull)), 1.0)
         solidity = min(1.0, area / hull_area)
-        return float(np.clip(solidity * self.support(mask, sl), 0.0, 1.0))
+        if support is None:
+            support = self.support(mask, sl)
+        return float(np.clip(solidity * support, 0.0, 1.0))
 
     def box_of(self, lab: int) -> tuple | None:
         """The box (slices) that holds mask_of(lab), holes included."""
@@ -1602,14 +1603,17 @@ class GeometricPromptSource:
         for lab in range(1, int(seg.labels.max()) + 1):
             m = seg.mask_of(lab)
             sl = seg.box_of(lab)
-            if sl is None or seg.support(m, sl) < cfg.min_support:
+            if sl is None:
+                continue
+            sup = seg.support(m, sl)
+            if sup < cfg.min_support:
                 continue
             if cfg.wall_area > 0 and seg.is_wall(m, sl, cfg.wall_area):
                 w = seg.wall_plane(m, sl)
                 if w is not None:
                     walls.append(w)
                 continue
-            kept.append((lab, sl, m[sl], seg.confidence(m, sl)))
+            kept.append((lab, sl, m[sl], seg.confidence(m, sl, sup)))
         for lab, sl, sub, score in kept:
             if walls and seg.on_walls(sub, sl, walls):
                 continue
