@@ -186,6 +186,48 @@ def test_weights_free_finds_the_rendered_objects():
     assert len(msg.instances) == len(inst) and all(np.isnan(it.sam_iou) for it in msg.instances)
 
 
+def _simple_scene_results(method: str, seeds, **sections) -> list[tuple[int, int, int]]:
+    """(objects, instances, objects matched at IoU > 0.7) per simple scene, shipped models."""
+    from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene
+
+    p = UOISPipeline(config_from_dict({"pipeline": {"method": method}, **sections}))
+    assert p.model_note is not None and "shipped small SAM" in p.model_note
+    out = []
+    for seed in seeds:
+        s = generate_scene(seed, SceneConfig(**SIMPLE_SCENE)).sample()
+        inst = p.run(s.frame())
+        gt = np.stack([s.label == i for i in np.unique(s.label) if i])
+        best = mask_iou(gt, inst.masks).max(axis=1) if len(inst) else np.zeros(len(gt))
+        out.append((len(gt), len(inst), int((best > 0.7).sum())))
+    return out
+
+
+def test_the_shipped_small_sam_and_hdnet_find_the_simple_rendered_objects():
+    """HPG -> small SAM -> HDNet -> filters, all shipped weights, on the first 8 simple scenes.
+
+    Measured with the shipped models: every object found (count and IoU > 0.7) in 4 of the 8 scenes
+    (seeds 0, 1, 5, 7), 20 of 28 objects matched. What it misses: seed 6 is a close-up whose boxes are
+    wider than the paper's 200 x 200 px filter allows; in seeds 2-4 one or two masks cover only part
+    of an object. Random weights match none."""
+    res = _simple_scene_results("heatmap_hdnet", range(8))
+    assert res[0] == (4, 4, 4)  # seed 0: all four objects, no extra mask
+    whole = sum(n == k == m for n, k, m in res)
+    matched = sum(m for _, _, m in res)
+    assert whole >= 3 and matched >= 18, res
+
+
+def test_the_small_sams_operating_point_keeps_its_masks():
+    """SAM's own thresholds (0.88 / 0.95) are for the official models; the shipped small SAM's head
+    predicts lower IoUs, and at its operating point (from its sidecar) heatmap finds the objects
+    that thresholds near SAM's drop."""
+    seeds = (0, 1, 7)
+    at_op = _simple_scene_results("heatmap", seeds)
+    near_sams = _simple_scene_results("heatmap", seeds, hdnet={"sam_iou_threshold": 0.85, "stability_threshold": 0.9})
+    assert sum(m for *_, m in at_op) >= 8  # measured: 10 of 10 objects, no extra mask
+    assert sum(k for _, k, _ in near_sams) <= 4  # measured: 2 instances (none at exactly 0.88 / 0.95)
+    assert sum(m for *_, m in near_sams) < sum(m for *_, m in at_op)
+
+
 def test_weights_free_needs_depth(scene):
     from uois_sam_ros.core.types import FrameError
 

@@ -142,3 +142,55 @@ def test_ranking_check_counts_wins_ties_and_losses(shipped):
     assert d["wins"] == sum(a > b + 1e-9 for a, b in zip(stats.iou_hdnet, stats.iou_sam, strict=True))
     assert d["losses"] == sum(b > a + 1e-9 for a, b in zip(stats.iou_hdnet, stats.iou_sam, strict=True))
     assert np.isclose(d["win_rate"] + d["loss_rate"] + d["ties"] / max(d["prompts"], 1), 1.0) or d["prompts"] == 0
+
+
+def _sidecar(sam_path, text):
+    sam_path.with_suffix(".json").write_text(text)
+
+
+def test_methods_ranked_by_sams_own_head_get_the_small_sams_operating_point(shipped):
+    sam_path, _ = shipped
+    _sidecar(sam_path, '{"operating_point": {"sam_iou_threshold": 0.55, "stability_threshold": 0.8}}')
+    for method in ("heatmap", "grid", "grid_fg"):
+        eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": method}))
+        assert (eff.hdnet.sam_iou_threshold, eff.hdnet.stability_threshold) == (0.55, 0.8)
+        assert note.endswith("at its IoU head's operating point (sam_iou_threshold 0.55, stability_threshold 0.8, "
+                             "from sam_vit_synth.json)")
+    # HDNet ranks with its own threshold: SAM's are left alone
+    eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "heatmap_hdnet"}))
+    assert (eff.hdnet.sam_iou_threshold, eff.hdnet.stability_threshold) == (0.88, 0.95)
+    assert "operating point" not in note
+    # ... unless HDNet is off: then SAM's head ranks again
+    eff, _ = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "uois_sam"}, hdnet={"enabled": False}))
+    assert eff.hdnet.sam_iou_threshold == 0.55
+    # thresholds the user chose are kept
+    eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "heatmap"},
+                                                      hdnet={"sam_iou_threshold": 0.7}))
+    assert (eff.hdnet.sam_iou_threshold, eff.hdnet.stability_threshold) == (0.7, 0.95)
+    assert "operating point" not in note
+    # the pipeline runs with it, and keeps it across a reconfigure
+    pipe = pipeline_mod.UOISPipeline(_cfg(pipeline={"method": "heatmap"}))
+    assert pipe.config.hdnet.sam_iou_threshold == 0.55
+    pipe.reconfigure(_cfg(pipeline={"method": "heatmap"}, postprocess={"nms_iou": 0.4}))
+    assert pipe.config.hdnet.sam_iou_threshold == 0.55 and pipe.config.postprocess.nms_iou == 0.4
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("{not json", "JSONDecodeError"),
+    ('{"operating_point": {"sam_iou_threshold": 0.5}}', "KeyError"),
+    ('{"operating_point": {"sam_iou_threshold": 5, "stability_threshold": 0.8}}', "must lie in"),
+])
+def test_an_unreadable_operating_point_warns_and_keeps_sams_thresholds(shipped, text, reason):
+    from uois_sam_ros.core.segment.sam_backend import OperatingPointWarning
+
+    _sidecar(shipped[0], text)
+    with pytest.warns(OperatingPointWarning, match=reason):
+        eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "heatmap"}))
+    assert (eff.hdnet.sam_iou_threshold, eff.hdnet.stability_threshold) == (0.88, 0.95)
+    assert "operating point" not in note
+
+
+def test_a_sidecar_without_an_operating_point_changes_nothing(shipped):
+    _sidecar(shipped[0], '{"model_type": "vit_synth"}')
+    eff, _ = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "grid"}))
+    assert (eff.hdnet.sam_iou_threshold, eff.hdnet.stability_threshold) == (0.88, 0.95)

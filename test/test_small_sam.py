@@ -108,10 +108,11 @@ def test_a_corrupted_copy_gives_the_named_error(sam_path, tmp_path):
 def test_one_point_per_object_quality_of_the_shipped_model(segmenter, scenes):
     """One click deep inside each object, SAM's own pick of its 3 masks, on unseen rendered scenes.
 
-    Guards what the shipped checkpoint measured when it was trained (19 objects: 32 % above IoU 0.7,
-    median IoU 0.55, where random weights give about 0): a broken load, resize or decode falls far
-    below. The issue's goal, IoU > 0.7 for most objects, is NOT reached by this checkpoint yet; a
-    better-trained one should raise these bounds (see README, "A small SAM trained here")."""
+    Guards what the shipped checkpoint (part 3) measures here: 11 of these 19 objects above IoU 0.7,
+    median IoU 0.73 (part 2: 32 %, 0.55; random weights about 0); a broken load, resize or decode falls
+    far below. On the 40 scenes of the README's held-out set the same click gives 37 % above 0.7 (the
+    other renderer 54 %), so "most objects" holds on these 4 scenes but not on every set yet (see README,
+    "A small SAM trained here")."""
     ious = []
     for s in scenes:
         segmenter.set_frame(s.frame())
@@ -125,7 +126,7 @@ def test_one_point_per_object_quality_of_the_shipped_model(segmenter, scenes):
     ious = np.array(ious)
     assert len(ious) >= 15
     good = float((ious > 0.7).mean())
-    assert good >= 0.25 and np.median(ious) >= 0.45, \
+    assert good >= 0.45 and np.median(ious) >= 0.65, \
         f"{good:.2f} of {len(ious)} objects get IoU > 0.7 (median {np.median(ious):.2f})"
 
 

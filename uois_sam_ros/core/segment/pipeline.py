@@ -54,7 +54,13 @@ from uois_sam_ros.core.segment.postprocess import (
     size_filter_t,
 )
 from uois_sam_ros.core.segment.prompting import ForegroundGridPromptSource, GridPromptSource, amg_points
-from uois_sam_ros.core.segment.sam_backend import SamSegmenter, default_sam_checkpoint, lowres_to_hw
+from uois_sam_ros.core.segment.sam_backend import (
+    AMG_THRESHOLDS,
+    SamSegmenter,
+    default_sam_checkpoint,
+    lowres_to_hw,
+    shipped_operating_point,
+)
 from uois_sam_ros.core.types import Frame, Instances, Prompts
 from uois_sam_ros.core.weights import CheckpointError
 
@@ -87,8 +93,11 @@ def with_shipped_models(config: Config) -> tuple[Config, str | None]:
 
     A SAM method with no sam.checkpoint (and no allow_random_weights) runs on the small SAM
     shipped in the package, and the HDNet methods on the HDNet shipped with it, unless
-    hdnet.checkpoint names another. Nothing changes when no small SAM is shipped: loading then
-    fails with the message that says what to set."""
+    hdnet.checkpoint names another. The methods ranked by SAM's own IoU head (grid, grid_fg,
+    heatmap, or any with hdnet.enabled false) get the small SAM's operating point from its sidecar
+    in place of SAM's AMG thresholds, when those are left at 0.88 / 0.95 (other values are kept).
+    Nothing changes when no small SAM is shipped: loading then fails with the message that says
+    what to set."""
     import dataclasses
 
     method = resolve_method(config)
@@ -110,6 +119,13 @@ def with_shipped_models(config: Config) -> tuple[Config, str | None]:
                 note += f" and its HDNet ({hd.name})"
         else:
             note += f" with hdnet.checkpoint {hdnet.checkpoint}"
+    elif (hdnet.sam_iou_threshold, hdnet.stability_threshold) == AMG_THRESHOLDS:
+        # ranked by the small SAM's own IoU head: SAM's defaults are for the official heads
+        op = shipped_operating_point(sam_ckpt)
+        if op is not None:
+            hdnet = dataclasses.replace(hdnet, **op)
+            note += (f" at its IoU head's operating point (sam_iou_threshold {op['sam_iou_threshold']:g}, "
+                     f"stability_threshold {op['stability_threshold']:g}, from {sam_ckpt.with_suffix('.json').name})")
     return dataclasses.replace(config, sam=sam, hdnet=hdnet), note
 
 

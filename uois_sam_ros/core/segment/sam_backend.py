@@ -192,6 +192,41 @@ def default_sam_checkpoint(model_type: str = "vit_synth") -> Path | None:
     return p if p.is_file() else None
 
 
+AMG_THRESHOLDS = (0.88, 0.95)  # SamAutomaticMaskGenerator's pred_iou_thresh and stability_score_thresh
+
+
+class OperatingPointWarning(UserWarning):
+    """A vit_synth sidecar's operating point could not be read; SAM's own thresholds stay."""
+
+
+def shipped_operating_point(checkpoint: str | Path) -> dict[str, float] | None:
+    """The IoU-head thresholds chosen for a vit_synth checkpoint on held-out scenes (``operating_point``
+    in its JSON sidecar), or None when it records none.
+
+    SAM's automatic-mask-generator thresholds (AMG_THRESHOLDS) suit the official models, whose IoU heads
+    were trained on SA-1B to be calibrated; an under-trained small SAM predicts lower IoUs for the same
+    masks, and at 0.88 / 0.95 it keeps no mask at all, so the methods ranked by its own IoU head
+    (grid, grid_fg, heatmap) would score 0 whatever their prompts. A sidecar that cannot be read gives
+    one OperatingPointWarning naming the reason."""
+    import json
+
+    side = Path(checkpoint).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        op = json.loads(side.read_text()).get("operating_point")
+        if op is None:
+            return None
+        out = {k: float(op[k]) for k in ("sam_iou_threshold", "stability_threshold")}
+        if not all(0.0 <= v <= 1.0 for v in out.values()):
+            raise ValueError(f"thresholds must lie in [0, 1], got {out}")
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        warnings.warn(f"{side}: cannot read its operating_point ({type(e).__name__}: {e}); "
+                      f"SAM's thresholds {AMG_THRESHOLDS} stay", OperatingPointWarning, stacklevel=2)
+        return None
+
+
 def save_sam_synth(path: str | Path, model: Sam, arch: dict[str, Any], meta: dict | None = None,
                    half: bool = False) -> None:
     """Write a vit_synth checkpoint: the arch dict, the state dict (fp16 with half) and plain meta.
