@@ -11,6 +11,7 @@ from uois_sam_ros.core.segment.hpg import (
     HPG,
     HPGCheckpointError,
     HPGNet,
+    checkpoint_peak_kernel,
     crop_sam_embedding,
     default_hpg_checkpoint,
     load_hpg_checkpoint,
@@ -20,7 +21,7 @@ from uois_sam_ros.core.segment.hpg import (
     select_peaks,
 )
 from uois_sam_ros.core.types import Frame, FrameError
-from uois_sam_ros.core.weights import CheckpointError
+from uois_sam_ros.core.weights import CheckpointError, OperatingPointWarning
 
 torch.set_num_threads(2)
 
@@ -220,6 +221,62 @@ def test_default_checkpoint_is_the_packaged_file():
     if p is not None:
         assert p.name == "hpg_cnn_rgbd.pt" and p.is_file()
         assert load_hpg_checkpoint(p).backbone_name == "cnn_rgbd"
+
+
+def test_peak_kernel_zero_is_the_papers_3_in_select_peaks():
+    heat = np.zeros((12, 12), np.float32)
+    heat[5, 5], heat[4, 4], heat[5, 7] = 0.9, 0.8, 0.7
+    ones = np.ones_like(heat)
+    assert (select_peaks(ones, heat, _cfg(peak_kernel=0)).points.tolist()
+            == select_peaks(ones, heat, _cfg(peak_kernel=3)).points.tolist() == [[5, 5], [7, 5]])
+    with pytest.raises(ValueError, match="peak_kernel must be >= 1"):
+        select_peaks(ones, heat, _cfg(peak_kernel=-2))
+
+
+def _hpg_file(tmp_path, sidecar: str | None):
+    net = HPGNet("cnn_rgbd", width=8, input_size=(48, 64))
+    path = tmp_path / "hpg.pt"
+    save_hpg_checkpoint(path, net)
+    if sidecar is not None:
+        path.with_suffix(".json").write_text(sidecar)
+    return path
+
+
+def test_the_checkpoints_own_peak_kernel_is_used_while_the_config_says_0(tmp_path):
+    path = _hpg_file(tmp_path, '{"operating_point": {"peak_kernel": 7}}')
+    assert checkpoint_peak_kernel(path) == 7
+    hpg = HPG(_cfg(peak_kernel=0, checkpoint=str(path), device="cpu"))
+    assert hpg.own_peak_kernel == 7 and hpg.peak_config().peak_kernel == 7
+    hpg.cfg = _cfg(peak_kernel=5, checkpoint=str(path))  # as UOISPipeline.reconfigure does
+    assert hpg.peak_config().peak_kernel == 5
+    hpg.cfg = _cfg(peak_kernel=0, checkpoint=str(path))
+    assert hpg.peak_config().peak_kernel == 7
+    # a model passed in, a checkpoint without a sidecar or without an operating point: the paper's 3
+    assert HPG(_cfg(peak_kernel=0, device="cpu"), HPGNet("cnn_rgbd", width=8)).peak_config().peak_kernel == 3
+    path.with_suffix(".json").unlink()
+    assert checkpoint_peak_kernel(path) == 3
+    path.with_suffix(".json").write_text('{"arch": {}}')
+    assert checkpoint_peak_kernel(path) == 3
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("{oops", "JSONDecodeError"),
+    ('{"operating_point": {}}', "KeyError"),
+    ('{"operating_point": {"peak_kernel": 0}}', "positive integer"),
+    ('{"operating_point": {"peak_kernel": 2.5}}', "positive integer"),
+])
+def test_an_unreadable_peak_kernel_warns_and_keeps_the_papers(tmp_path, text, reason):
+    path = _hpg_file(tmp_path, text)
+    with pytest.warns(OperatingPointWarning, match=reason):
+        assert checkpoint_peak_kernel(path) == 3
+
+
+def test_the_shipped_hpg_carries_its_operating_point():
+    p = default_hpg_checkpoint()
+    if p is None:
+        pytest.skip("no HPG shipped in the package")
+    assert checkpoint_peak_kernel(p) == 13
+    assert HPG(HPGConfig(device="cpu")).peak_config().peak_kernel == 13  # the config default is 0
 
 
 # ---------------------------------------------------------------- preprocessing and the prompt source

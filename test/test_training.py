@@ -181,13 +181,8 @@ def test_sweep_runs_each_fraction(tiny_sets, tmp_path):
     assert "| 20 | 2 |" in format_table(rows)
 
 
-def test_shipped_checkpoint_puts_prompts_inside_objects():
-    path = default_hpg_checkpoint()
-    if path is None:
-        pytest.skip("shipped HPG checkpoint not present")
-    hpg = HPG(HPGConfig())
-    assert hpg.model.backbone_name == "cnn_rgbd"
-    assert path.stat().st_size < 5_000_000
+def _prompt_hits(hpg: HPG) -> tuple[int, int, int, int]:
+    """(prompts on an object, prompts, objects with a prompt, objects) over three unseen scenes."""
     on = total = hit = objects = 0
     for seed in (900_001, 900_002, 900_003):  # never used for training or validation
         s = generate_scene(seed, SceneConfig(min_objects=3, max_objects=8))
@@ -198,9 +193,26 @@ def test_shipped_checkpoint_puts_prompts_inside_objects():
         total += len(pr)
         hit += len(set(lab[lab > 0].tolist()))
         objects += len(s.ids)
+    return on, total, hit, objects
+
+
+def test_shipped_checkpoint_puts_prompts_inside_objects():
+    """At the paper's 3x3 peak window 75 of 90 prompts land on an object and 8 of 13 objects get one;
+    at the checkpoint's own window (13, the default) 44 of 71 and 9 of 13: fewer prompts, spread over
+    more objects (the off-object ones mostly give masks that the filters drop; README, Table IV)."""
+    path = default_hpg_checkpoint()
+    if path is None:
+        pytest.skip("shipped HPG checkpoint not present")
+    paper = HPG(HPGConfig(peak_kernel=3))
+    assert paper.model.backbone_name == "cnn_rgbd"
+    assert path.stat().st_size < 5_000_000
+    on, total, hit, objects = _prompt_hits(paper)
     assert total > 0
     assert on / total > 0.8
     assert hit / objects > 0.5
+    on13, total13, hit13, objects13 = _prompt_hits(HPG(HPGConfig()))
+    assert objects13 == objects and hit13 >= hit and 0 < total13 <= total
+    assert on13 / total13 > 0.5
 
 
 def test_train_hpg_cli_reads_uoais_layout_with_separate_annotations(tmp_path):

@@ -151,3 +151,8 @@ def save_torch_atomic(obj: Any, path: str | Path) -> Path:
     torch.save(obj, tmp)
     tmp.replace(path)
     return path
+
+
+class OperatingPointWarning(UserWarning):
+    """A shipped model's sidecar names an operating point that cannot be read: the config's
+    (or the paper's) values stay."""

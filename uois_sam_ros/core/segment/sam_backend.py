@@ -64,6 +64,7 @@ from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import (
     OFFICIAL,
     CheckpointError,
+    OperatingPointWarning,
     cpu_state_dict,
     load_checked,
     load_torch_file,
@@ -193,10 +194,6 @@ def default_sam_checkpoint(model_type: str = "vit_synth") -> Path | None:
 
 
 AMG_THRESHOLDS = (0.88, 0.95)  # SamAutomaticMaskGenerator's pred_iou_thresh and stability_score_thresh
-
-
-class OperatingPointWarning(UserWarning):
-    """A vit_synth sidecar's operating point could not be read; SAM's own thresholds stay."""
 
 
 def shipped_operating_point(checkpoint: str | Path) -> dict[str, float] | None:
