@@ -181,7 +181,7 @@ def test_methods_ranked_by_sams_own_head_get_the_small_sams_operating_point(ship
     ('{"operating_point": {"sam_iou_threshold": 5, "stability_threshold": 0.8}}', "must lie in"),
 ])
 def test_an_unreadable_operating_point_warns_and_keeps_sams_thresholds(shipped, text, reason):
-    from uois_sam_ros.core.segment.sam_backend import OperatingPointWarning
+    from uois_sam_ros.core.weights import OperatingPointWarning
 
     _sidecar(shipped[0], text)
     with pytest.warns(OperatingPointWarning, match=reason):

@@ -7,12 +7,15 @@ and the code only ever loads a path the user gives (torch.load with weights_only
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 
 class CheckpointError(ValueError):
@@ -156,3 +159,25 @@ def save_torch_atomic(obj: Any, path: str | Path) -> Path:
 class OperatingPointWarning(UserWarning):
     """A shipped model's sidecar names an operating point that cannot be read: the config's
     (or the paper's) values stay."""
+
+
+def read_operating_point(checkpoint: str | Path | None, parse: Callable[[dict], T], fallback: str) -> T | None:
+    """parse() of the ``operating_point`` in a checkpoint's JSON sidecar (CHECKPOINT.json): the values
+    chosen for that model on held-out scenes. None when there is no sidecar or it has no such entry;
+    a sidecar that cannot be read, or an entry parse() rejects (KeyError, TypeError, ValueError), gives
+    one OperatingPointWarning naming the reason and what stays instead (fallback), and None."""
+    import json
+    import warnings
+
+    if checkpoint is None:
+        return None
+    side = Path(checkpoint).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        op = json.loads(side.read_text()).get("operating_point")
+        return None if op is None else parse(op)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        warnings.warn(f"{side}: cannot read its operating_point ({type(e).__name__}: {e}); {fallback}",
+                      OperatingPointWarning, stacklevel=3)
+        return None

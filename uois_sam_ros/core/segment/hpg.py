@@ -30,7 +30,7 @@ from torch import nn
 
 from uois_sam_ros.core.config import HPGConfig, autocast, resolve_device, resolve_dtype
 from uois_sam_ros.core.types import Frame, FrameError, Prompts
-from uois_sam_ros.core.weights import OperatingPointWarning
+from uois_sam_ros.core.weights import read_operating_point
 
 BACKBONES = ("dinov2_vits14", "sam", "cnn_rgb", "cnn_rgbd")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,26 +54,15 @@ def checkpoint_peak_kernel(checkpoint: str | Path | None) -> int:
     The paper's 3x3 window suits a heatmap with one sharp peak per object. A small HPG trained here
     gives bumpier maps, and at 3x3 its 30 peaks can all sit on one or two objects (with the shipped
     one, heatmap's overlap recall on held-out scenes is 48 % at 3 and 62 % at 13; README, "Table IV")."""
-    import json
-    import warnings
 
-    if checkpoint is None:
-        return PAPER_PEAK_KERNEL
-    side = Path(checkpoint).with_suffix(".json")
-    if not side.is_file():
-        return PAPER_PEAK_KERNEL
-    try:
-        op = json.loads(side.read_text()).get("operating_point")
-        if op is None:
-            return PAPER_PEAK_KERNEL
+    def parse(op: dict) -> int:
         k = op["peak_kernel"]
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"peak_kernel must be a positive integer, got {k!r}")
         return k
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        warnings.warn(f"{side}: cannot read its operating_point ({type(e).__name__}: {e}); "
-                      f"the paper's peak kernel {PAPER_PEAK_KERNEL} stays", OperatingPointWarning, stacklevel=2)
-        return PAPER_PEAK_KERNEL
+
+    k = read_operating_point(checkpoint, parse, f"the paper's peak kernel {PAPER_PEAK_KERNEL} stays")
+    return PAPER_PEAK_KERNEL if k is None else k
 
 
 def default_hpg_checkpoint() -> Path | None:

@@ -64,10 +64,10 @@ from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import (
     OFFICIAL,
     CheckpointError,
-    OperatingPointWarning,
     cpu_state_dict,
     load_checked,
     load_torch_file,
+    read_operating_point,
     read_state_dict,
     save_torch_atomic,
 )
@@ -205,23 +205,14 @@ def shipped_operating_point(checkpoint: str | Path) -> dict[str, float] | None:
     masks, and at 0.88 / 0.95 it keeps no mask at all, so the methods ranked by its own IoU head
     (grid, grid_fg, heatmap) would score 0 whatever their prompts. A sidecar that cannot be read gives
     one OperatingPointWarning naming the reason."""
-    import json
 
-    side = Path(checkpoint).with_suffix(".json")
-    if not side.is_file():
-        return None
-    try:
-        op = json.loads(side.read_text()).get("operating_point")
-        if op is None:
-            return None
+    def parse(op: dict) -> dict[str, float]:
         out = {k: float(op[k]) for k in ("sam_iou_threshold", "stability_threshold")}
         if not all(0.0 <= v <= 1.0 for v in out.values()):
             raise ValueError(f"thresholds must lie in [0, 1], got {out}")
         return out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        warnings.warn(f"{side}: cannot read its operating_point ({type(e).__name__}: {e}); "
-                      f"SAM's thresholds {AMG_THRESHOLDS} stay", OperatingPointWarning, stacklevel=2)
-        return None
+
+    return read_operating_point(checkpoint, parse, f"SAM's thresholds {AMG_THRESHOLDS} stay")
 
 
 def save_sam_synth(path: str | Path, model: Sam, arch: dict[str, Any], meta: dict | None = None,
