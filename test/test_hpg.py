@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from uois_sam_ros.core.config import HPGConfig
+from uois_sam_ros.core.config import ConfigError, HPGConfig, config_from_dict
 from uois_sam_ros.core.segment.hpg import (
     HPG,
     HPGCheckpointError,
@@ -229,8 +229,11 @@ def test_peak_kernel_zero_is_the_papers_3_in_select_peaks():
     ones = np.ones_like(heat)
     assert (select_peaks(ones, heat, _cfg(peak_kernel=0)).points.tolist()
             == select_peaks(ones, heat, _cfg(peak_kernel=3)).points.tolist() == [[5, 5], [7, 5]])
-    with pytest.raises(ValueError, match="peak_kernel must be >= 1"):
-        select_peaks(ones, heat, _cfg(peak_kernel=-2))
+    for bad in (-2, 2.5, True):
+        with pytest.raises(ConfigError, match="hpg.peak_kernel must be an integer >= 1, or 0"):
+            _cfg(peak_kernel=bad)
+    with pytest.raises(ConfigError, match="hpg.peak_kernel"):
+        config_from_dict({"hpg": {"peak_kernel": -1}})
 
 
 def _hpg_file(tmp_path, sidecar: str | None):

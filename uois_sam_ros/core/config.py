@@ -66,6 +66,9 @@ class HPGConfig:
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "hpg.dtype")
+        if isinstance(self.peak_kernel, bool) or not isinstance(self.peak_kernel, int) or self.peak_kernel < 0:
+            raise ConfigError(f"hpg.peak_kernel must be an integer >= 1, or 0 for the HPG checkpoint's own "
+                              f"window, got {self.peak_kernel!r}")
 
 
 @dataclass

@@ -295,9 +295,7 @@ def select_peaks(fg_prob: np.ndarray, heatmap: np.ndarray, cfg: HPGConfig,
     if fg_prob.shape != heat.shape or heat.ndim != 2:
         raise ValueError(f"fg_prob {fg_prob.shape} and heatmap {heat.shape} must be equal (H, W) maps")
     masked = np.where(fg_prob > cfg.fg_threshold, np.nan_to_num(heat, nan=0.0), 0.0).astype(np.float32)
-    k = int(cfg.peak_kernel) or PAPER_PEAK_KERNEL
-    if k < 1:
-        raise ValueError(f"hpg.peak_kernel must be >= 1, or 0 for the checkpoint's own, got {k}")
+    k = int(cfg.peak_kernel) or PAPER_PEAK_KERNEL  # HPGConfig refuses negative values
     pooled = ndimage.maximum_filter(masked, size=k, mode="constant", cval=-np.inf)
     peak = (masked == pooled) & (masked > cfg.heatmap_threshold)
     rows, cols = np.nonzero(peak)
