@@ -283,12 +283,13 @@ def normalise_depth(depth: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 def select_peaks(fg_prob: np.ndarray, heatmap: np.ndarray, cfg: HPGConfig,
                  scale_to: tuple[int, int] | None = None) -> Prompts:
-    """Top-K 3x3 max-pool peaks of the heatmap inside the foreground (paper: 0.85 / 0.007 / 30).
+    """Top-K max-pool peaks of the heatmap inside the foreground (paper: 3x3, 0.85 / 0.007 / 30).
 
     A pixel is a peak when it is in the foreground (fg_prob > fg_threshold), its heatmap value
     exceeds heatmap_threshold, and it equals the max over its peak_kernel window of the heatmap
-    with background set to 0 (peak_kernel 0: the paper's 3; the HPG class passes its checkpoint's own). Equal neighbours on a plateau are all peaks; ties in the ranking
-    keep row-major order. Points are pixel centres, mapped to scale_to=(height, width) if given.
+    with background set to 0 (peak_kernel 0: the paper's 3; the HPG class passes its checkpoint's
+    own). Equal neighbours on a plateau are all peaks; ties in the ranking keep row-major order.
+    Points are pixel centres, mapped to scale_to=(height, width) if given.
     """
     fg_prob = np.asarray(fg_prob, np.float32)
     heat = np.asarray(heatmap, np.float32)
