@@ -24,6 +24,7 @@ from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene  # noqa
 from uois_sam_ros.core.types import Instances  # noqa: E402
 from uois_sam_ros.msg import InstanceArray  # noqa: E402
 from uois_sam_ros.nodes.amodal import AMODAL_TOPIC, ORDER_TOPIC, AmodalNode  # noqa: E402
+from uois_sam_ros.nodes.common import shutdown_executor  # noqa: E402
 from uois_sam_ros.ros.convert import (  # noqa: E402
     frame_from_msgs,
     instances_to_msg,
@@ -74,7 +75,7 @@ class Rig:
         return msgs
 
     def close(self) -> None:
-        self.ex.shutdown()
+        shutdown_executor(self.ex)
         self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         self.node.destroy_node()
         self.probe.destroy_node()

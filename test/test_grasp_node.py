@@ -27,6 +27,7 @@ from uois_sam_ros.apps.bringup import build_nodes  # noqa: E402
 from uois_sam_ros.core.grasp.frames import matrix_to_quaternion  # noqa: E402
 from uois_sam_ros.core.types import Instances  # noqa: E402
 from uois_sam_ros.msg import GraspArray, InstanceArray  # noqa: E402
+from uois_sam_ros.nodes.common import shutdown_executor  # noqa: E402
 from uois_sam_ros.nodes.grasp import msg_to_pose  # noqa: E402
 from uois_sam_ros.ros.convert import instances_to_msg, intrinsics_to_camera_info, make_header  # noqa: E402
 from uois_sam_ros.ros.graph import DEPTH_TOPIC, INFO_TOPIC, describe_graph  # noqa: E402
@@ -87,7 +88,7 @@ class GraspGraph:
         self.pub_inst.publish(instances_to_msg(inst, header))
 
     def close(self) -> None:
-        self.ex.shutdown()
+        shutdown_executor(self.ex)
         self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         self.node.destroy_node()
         self.probe.destroy_node()

@@ -28,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene  # noqa: E402
 from uois_sam_ros.msg import InstanceArray  # noqa: E402
-from uois_sam_ros.nodes.common import Stats, percentile  # noqa: E402
+from uois_sam_ros.nodes.common import Stats, percentile, shutdown_executor  # noqa: E402
 from uois_sam_ros.nodes.hpg import HPGNode  # noqa: E402
 from uois_sam_ros.nodes.inputs import PairingWatch, StampSync  # noqa: E402
 from uois_sam_ros.nodes.segmentation import SegmentationNode  # noqa: E402
@@ -97,7 +97,7 @@ class Rig:
         return [m.msg for m in self.logs if m.level >= 40 and m.name == self.node.get_name()]
 
     def close(self) -> None:
-        self.ex.shutdown(timeout_sec=2.0)
+        shutdown_executor(self.ex, timeout_sec=2.0)
         self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         self.node.destroy_node()
         self.probe.destroy_node()

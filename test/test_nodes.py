@@ -22,6 +22,7 @@ from uois_sam_ros.apps.bringup import build_nodes  # noqa: E402
 from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene  # noqa: E402
 from uois_sam_ros.core.segment.pipeline import UOISPipeline  # noqa: E402
 from uois_sam_ros.msg import InstanceArray  # noqa: E402
+from uois_sam_ros.nodes.common import shutdown_executor  # noqa: E402
 from uois_sam_ros.ros.convert import (  # noqa: E402
     assert_instance_arrays_equal,
     frame_from_msgs,
@@ -91,7 +92,7 @@ class Graph:
         return stamp_to_sec(header.stamp)
 
     def close(self) -> None:
-        self.ex.shutdown()
+        shutdown_executor(self.ex)
         self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         for n in [*self.nodes.values(), self.probe]:
             n.destroy_node()

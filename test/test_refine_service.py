@@ -28,6 +28,7 @@ from uois_sam_ros.core.data.synthetic import SceneConfig, generate_scene  # noqa
 from uois_sam_ros.core.segment.geometric import GeometricSegmenter  # noqa: E402
 from uois_sam_ros.core.segment.pipeline import UOISPipeline  # noqa: E402
 from uois_sam_ros.msg import Click, InstanceArray  # noqa: E402
+from uois_sam_ros.nodes.common import shutdown_executor  # noqa: E402
 from uois_sam_ros.nodes.segmentation import SegmentationNode  # noqa: E402
 from uois_sam_ros.ros.convert import intrinsics_to_camera_info  # noqa: E402
 from uois_sam_ros.ros.graph import COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC  # noqa: E402
@@ -157,7 +158,7 @@ class Rig:
         return fut.result()
 
     def close(self) -> None:
-        self.ex.shutdown()
+        shutdown_executor(self.ex)
         self.thread.join(timeout=5.0)  # spin() has returned: no wait set holds the nodes' entities
         self.node.destroy_node()
         self.probe.destroy_node()
