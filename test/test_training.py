@@ -197,22 +197,21 @@ def _prompt_hits(hpg: HPG) -> tuple[int, int, int, int]:
 
 
 def test_shipped_checkpoint_puts_prompts_inside_objects():
-    """At the paper's 3x3 peak window 75 of 90 prompts land on an object and 8 of 13 objects get one;
-    at the checkpoint's own window (13, the default) 44 of 71 and 9 of 13: fewer prompts, spread over
-    more objects (the off-object ones mostly give masks that the filters drop; README, Table IV)."""
+    """Measured with the shipped HPG at its own window (the paper's 3x3, the default): 67 of 88 prompts
+    land on an object and every one of the 13 objects gets at least one (the previous, 9-epoch HPG:
+    75 of 90 and 8 of 13). A much wider window (13) gives fewer prompts and leaves objects out."""
     path = default_hpg_checkpoint()
     if path is None:
         pytest.skip("shipped HPG checkpoint not present")
-    paper = HPG(HPGConfig(peak_kernel=3))
-    assert paper.model.backbone_name == "cnn_rgbd"
+    hpg = HPG(HPGConfig())
+    assert hpg.model.backbone_name == "cnn_rgbd" and hpg.peak_config().peak_kernel == 3
     assert path.stat().st_size < 5_000_000
-    on, total, hit, objects = _prompt_hits(paper)
+    on, total, hit, objects = _prompt_hits(hpg)
     assert total > 0
-    assert on / total > 0.8
-    assert hit / objects > 0.5
-    on13, total13, hit13, objects13 = _prompt_hits(HPG(HPGConfig()))
-    assert objects13 == objects and hit13 >= hit and 0 < total13 <= total
-    assert on13 / total13 > 0.5
+    assert on / total > 0.7
+    assert hit / objects > 0.9
+    on13, total13, hit13, objects13 = _prompt_hits(HPG(HPGConfig(peak_kernel=13)))
+    assert objects13 == objects and 0 < total13 < total and hit13 < hit
 
 
 def test_train_hpg_cli_reads_uoais_layout_with_separate_annotations(tmp_path):

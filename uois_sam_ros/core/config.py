@@ -60,7 +60,7 @@ class HPGConfig:
     fg_threshold: float = 0.85  # foreground probability needed for a peak
     heatmap_threshold: float = 0.007  # minimum heatmap value of a peak
     top_k: int = 30  # K: the most prompts per frame (the highest heatmap peaks)
-    peak_kernel: int = 0  # max-pool window for peak suppression; 0 = the HPG checkpoint's own (shipped: 13), else the paper's 3
+    peak_kernel: int = 0  # max-pool window for peak suppression; 0 = the HPG checkpoint's own window (shipped: 3), else the paper's 3
     device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
     dtype: str = "fp32"  # fp32 | bf16 | fp16: autocast of the network (fp32: none; fp16 on CPU runs fp32)
 
