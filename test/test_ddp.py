@@ -369,7 +369,7 @@ def test_hpg_two_processes_equal_one(runs):
 def test_hdnet_two_processes_equal_one(runs):
     one, ddp, _, grads = runs
     r1, r2 = _rows(one / "hdnet.csv"), _rows(ddp / "hdnet.csv")
-    _same_losses(r1, r2, ("train_loss", "val_loss", "val_sam_only"))
+    _same_losses(r1, r2, ("train_loss", "val_loss", "val_sam_only", "val_objects_mse", "val_objects_mse_sam"))
     # each image's SAM embedding is computed once, by the process that decodes it
     assert (r1[0]["cache_misses"], r2[0]["cache_misses"]) == ("7", "7")
     a = torch.load(one / "hdnet.pt", weights_only=True)["state_dict"]

@@ -164,6 +164,40 @@ def test_one_hdnet_step_reduces_loss_and_features_are_cached(tiny_sam, tmp_path)
     torch.testing.assert_close(b1["t_mask"], b2["t_mask"])
 
 
+def test_hdnet_validation_separates_object_prompts_and_counts_picks(tiny_sam, tmp_path):
+    """The validation pass reports, besides eq. 7, the object prompts alone and how often HDNet's
+    pick beats SAM's head's: an HDNet that adds nothing equals SAM there, an oracle never picks worse."""
+    scenes = [generate_scene(s, SceneConfig(width=80, height=60, min_objects=3)).sample() for s in (1, 2)]
+    cache = thd.FeatureCache(tmp_path / "f", "tiny")
+    rng = np.random.default_rng(7)
+    bs = [thd.hdnet_batch(tiny_sam, cache, s, 30, 10, rng) for s in scenes]
+    target = torch.cat([b["target"] for b in bs])
+    iou_pred = torch.cat([b["iou_pred"] for b in bs])
+    obj = torch.cat([b["on_object"] for b in bs])
+    assert int(obj.sum()) == 60 and not obj[30:40].any()  # 30 prompts inside the masks per image, then 10 off
+
+    zero = thd.HDNet()
+    torch.nn.init.zeros_(zero.mlp.layers[-1].weight)
+    torch.nn.init.zeros_(zero.mlp.layers[-1].bias)
+    v = thd.evaluate_hdnet(zero, tiny_sam, cache, scenes, 30, 10, seed=7)
+    assert v.object_prompts == 60
+    assert v.mse == pytest.approx(v.mse_sam) and v.mse_objects == pytest.approx(v.mse_objects_sam)
+    assert v.mse_objects == pytest.approx(float(((iou_pred[obj] - target[obj]) ** 2).mean()), rel=1e-5)
+    # HDNet's pick differs from the head's only where token 0 (single-mask) has SAM's highest IoU
+    differs = iou_pred[obj].argmax(1) == 0
+    assert v.better + v.worse <= int(differs.sum())
+
+    oracle = thd.HDNet()
+    targets = [b["target"] for b in bs]
+    oracle.adapted_iou = lambda iou, t_iou, t_mask: targets.pop(0)
+    v = thd.evaluate_hdnet(oracle, tiny_sam, cache, scenes, 30, 10, seed=7)
+    rows = torch.arange(int(obj.sum()))
+    head_pick = target[obj][rows, 1 + iou_pred[obj][:, 1:].argmax(1)]
+    assert v.mse == 0.0 and v.mse_objects == 0.0 and v.worse == 0
+    assert v.better == int((target[obj].amax(1) > head_pick + 1e-9).sum()) > 0
+    assert "better in" in v.line() and "of 60" in v.line()
+
+
 def test_train_hdnet_cli_needs_a_sam_checkpoint(tmp_path, capsys):
     assert thd.main(["--sam-type", "vit_tiny", "--sam-image-size", "128", "--synthetic", "2",
                      "--out", str(tmp_path / "h.pt")]) == 2
