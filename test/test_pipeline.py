@@ -205,10 +205,11 @@ def _simple_scene_results(method: str, seeds, **sections) -> list[tuple[int, int
 def test_the_shipped_small_sam_and_hdnet_find_the_simple_rendered_objects():
     """HPG -> small SAM -> HDNet -> filters, all shipped weights, on the first 8 simple scenes.
 
-    Measured with the shipped models: every object found (IoU > 0.7) and no extra mask in 4 of the 8
-    scenes (seeds 0, 1, 5, 7); 20 of 28 objects matched. What it misses: seed 6 is a close-up whose
-    boxes are wider than the paper's 200 x 200 px filter allows; in seeds 2, 3 and 4 a mask covers
-    only part of an object (and seed 2 has two extra masks). Random weights match none."""
+    Measured with the shipped models: every object found (IoU > 0.7) and no extra mask in 3 of the 8
+    scenes (seeds 0, 1, 5); seed 7 has all its objects plus two extra masks; 20 of 28 objects matched.
+    What it misses: seed 6 is a close-up whose boxes are wider than the paper's 200 x 200 px filter
+    allows; in seeds 2, 3 and 4 a mask covers only part of an object (and seed 2 has two extra masks).
+    Random weights match none."""
     res = _simple_scene_results("heatmap_hdnet", range(8))
     assert res[0] == (4, 4, 4)  # seed 0: all four objects, no extra mask
     whole = sum(n == k == m for n, k, m in res)

@@ -194,3 +194,40 @@ def test_a_sidecar_without_an_operating_point_changes_nothing(shipped):
     _sidecar(shipped[0], '{"model_type": "vit_synth"}')
     eff, _ = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "grid"}))
     assert (eff.hdnet.sam_iou_threshold, eff.hdnet.stability_threshold) == (0.88, 0.95)
+
+
+def test_the_shipped_hdnet_gets_its_own_threshold_in_place_of_the_papers(shipped):
+    """The paper's 0.48 is for its HDNet on ViT-L; the shipped HDNet's sidecar names the threshold
+    chosen for it on held-out scenes, used while hdnet.iou_threshold is left at 0.48."""
+    from uois_sam_ros.core.weights import OperatingPointWarning
+
+    _, hd_path = shipped
+    _sidecar(hd_path, '{"operating_point": {"iou_threshold": 0.35}}')
+    for method in ("heatmap_hdnet", "uois_sam"):
+        eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": method}))
+        assert eff.hdnet.iou_threshold == 0.35
+        assert note.endswith(f"and its HDNet ({hd_path.name}) at its operating point (iou_threshold 0.35, "
+                             "from hdnet_vit_synth.json)")
+    pipe = pipeline_mod.UOISPipeline(_cfg(pipeline={"method": "heatmap_hdnet"}))
+    assert pipe.config.hdnet.iou_threshold == 0.35
+    # a threshold the user chose is kept, and so is the paper's with an HDNet the user named
+    eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "heatmap_hdnet"},
+                                                      hdnet={"iou_threshold": 0.6}))
+    assert eff.hdnet.iou_threshold == 0.6 and "operating point" not in note
+    eff, _ = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "heatmap_hdnet"},
+                                                   hdnet={"checkpoint": str(hd_path)}))
+    assert eff.hdnet.iou_threshold == 0.48
+    # the methods without HDNet do not read it
+    eff, _ = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "heatmap"}))
+    assert eff.hdnet.iou_threshold == 0.48
+    # a sidecar with an operating point but no iou_threshold, or none at all, changes nothing
+    for text in ('{"operating_point": {}}', '{"note": "x"}'):
+        _sidecar(hd_path, text)
+        assert pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "heatmap_hdnet"}))[0].hdnet.iou_threshold \
+            == 0.48
+    for text, reason in (("{not json", "JSONDecodeError"), ('{"operating_point": {"iou_threshold": 2}}', "must lie in"),
+                         ('{"operating_point": {"iou_threshold": "high"}}', "ValueError")):
+        _sidecar(hd_path, text)
+        with pytest.warns(OperatingPointWarning, match=reason):
+            eff, note = pipeline_mod.with_shipped_models(_cfg(pipeline={"method": "heatmap_hdnet"}))
+        assert eff.hdnet.iou_threshold == 0.48 and "operating point" not in note

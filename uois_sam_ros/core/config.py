@@ -77,7 +77,7 @@ class HDNetConfig:
 
     enabled: bool = True  # add the HDNet correction to SAM's IoU (needs checkpoint)
     checkpoint: str | None = None  # trained HDNet weights (uois-sam-train-hdnet)
-    iou_threshold: float = 0.48  # keep a prompt's best mask only if its adapted IoU exceeds this
+    iou_threshold: float = 0.48  # keep a prompt's best mask only if its adapted IoU exceeds this (shipped HDNet: 0.4 from its sidecar unless set)
     sam_iou_threshold: float = 0.88  # methods without HDNet: AMG's pred_iou_thresh (shipped small SAM: 0.4 from its sidecar unless set)
     stability_threshold: float = 0.95  # methods without HDNet: AMG's stability_score_thresh, 0 = off (shipped small SAM: 0.5 unless set)
 

@@ -27,13 +27,20 @@ from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
 from uois_sam_ros.core.config import resolve_device
-from uois_sam_ros.core.weights import CheckpointError, check_state_dict, read_checkpoint, sha256_file
+from uois_sam_ros.core.weights import (
+    CheckpointError,
+    check_state_dict,
+    read_checkpoint,
+    read_operating_point,
+    sha256_file,
+)
 
 CHECKPOINT_FORMAT = "uois_sam_ros.hdnet"
 CHECKPOINT_VERSION = 2  # 2 added the 'sam' record; version 1 files load without the check
 
 
 SYNTH_HDNET_FILENAME = "hdnet_vit_synth.pt"  # shipped next to the small SAM it was trained on
+PAPER_IOU_THRESHOLD = 0.48  # the paper's threshold on the adapted IoU (for its HDNet on ViT-L)
 
 
 def default_hdnet_checkpoint(sam_model_type: str = "vit_synth") -> Path | None:
@@ -43,6 +50,27 @@ def default_hdnet_checkpoint(sam_model_type: str = "vit_synth") -> Path | None:
         return None
     p = Path(__file__).resolve().parents[2] / "data" / SYNTH_HDNET_FILENAME
     return p if p.is_file() else None
+
+
+def shipped_iou_threshold(checkpoint: str | Path | None) -> float | None:
+    """The adapted-IoU threshold chosen for an HDNet checkpoint on held-out scenes
+    (``operating_point.iou_threshold`` in its JSON sidecar), or None when it records none.
+
+    The paper's 0.48 was set for its HDNet on ViT-L; an HDNet on another SAM adapts another IoU
+    scale. The shipped small SAM's head runs at a threshold chosen on held-out scenes, and so does
+    its HDNet, so that Table IV compares the two at operating points chosen the same way. A sidecar
+    that cannot be read gives one OperatingPointWarning naming the reason."""
+
+    def parse(op: dict) -> float:
+        t = float(op["iou_threshold"])
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"iou_threshold must lie in [0, 1], got {t}")
+        return t
+
+    def parse_optional(op: dict) -> float | None:
+        return parse(op) if "iou_threshold" in op else None
+
+    return read_operating_point(checkpoint, parse_optional, f"the paper's {PAPER_IOU_THRESHOLD} stays")
 
 
 class HDNetSamWarning(UserWarning):

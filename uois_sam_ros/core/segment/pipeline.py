@@ -42,7 +42,13 @@ import torch
 from segment_anything.utils.amg import calculate_stability_score
 
 from uois_sam_ros.core.config import Config, ConfigError
-from uois_sam_ros.core.segment.hdnet import HDNet, default_hdnet_checkpoint, load_hdnet
+from uois_sam_ros.core.segment.hdnet import (
+    PAPER_IOU_THRESHOLD,
+    HDNet,
+    default_hdnet_checkpoint,
+    load_hdnet,
+    shipped_iou_threshold,
+)
 from uois_sam_ros.core.segment.hpg import HPG, HPGNet, crop_sam_embedding, upsample_map
 from uois_sam_ros.core.segment.postprocess import (
     filter_masks,
@@ -95,8 +101,9 @@ def with_shipped_models(config: Config) -> tuple[Config, str | None]:
     shipped in the package, and the HDNet methods on the HDNet shipped with it, unless
     hdnet.checkpoint names another. The methods ranked by SAM's own IoU head (grid, grid_fg,
     heatmap, or any with hdnet.enabled false) get the small SAM's operating point from its sidecar
-    in place of SAM's AMG thresholds, when those are left at 0.88 / 0.95 (other values are kept).
-    Nothing changes when no small SAM is shipped: loading then fails with the message that says
+    in place of SAM's AMG thresholds, when those are left at 0.88 / 0.95 (other values are kept);
+    the shipped HDNet likewise gets its own threshold in place of the paper's 0.48 when
+    hdnet.iou_threshold is left at 0.48. Nothing changes when no small SAM is shipped: loading then fails with the message that says
     what to set."""
     import dataclasses
 
@@ -117,6 +124,10 @@ def with_shipped_models(config: Config) -> tuple[Config, str | None]:
             if hd is not None:
                 hdnet = dataclasses.replace(hdnet, checkpoint=str(hd))
                 note += f" and its HDNet ({hd.name})"
+                t = shipped_iou_threshold(hd) if hdnet.iou_threshold == PAPER_IOU_THRESHOLD else None
+                if t is not None:
+                    hdnet = dataclasses.replace(hdnet, iou_threshold=t)
+                    note += f" at its operating point (iou_threshold {t:g}, from {hd.with_suffix('.json').name})"
         else:
             note += f" with hdnet.checkpoint {hdnet.checkpoint}"
     elif (hdnet.sam_iou_threshold, hdnet.stability_threshold) == AMG_THRESHOLDS:
