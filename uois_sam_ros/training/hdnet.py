@@ -285,18 +285,18 @@ def train_hdnet(seg: SamSegmenter, train: list[Sample], val: list[Sample], out: 
         v = evaluate_hdnet(model, seg, cache, val, num_prompts, num_bg, val_rng_seed, dist=ctx)
         vl, v_sam = v.mse, v.mse_sam
         n_obj = max(v.object_prompts, 1)
+        objects = {"val_objects_mse": v.mse_objects, "val_objects_mse_sam": v.mse_objects_sam,
+                   "val_pick_better": v.better / n_obj, "val_pick_worse": v.worse / n_obj}
         improved = vl < best
         if improved:
             best = vl
         if improved and ctx.is_main:
             save_hdnet(out, model, {**(meta or {}), "epoch": epoch + 1, "val_loss": vl, "val_sam_only": v_sam,
-                                    "val_objects_mse": v.mse_objects, "val_objects_mse_sam": v.mse_objects_sam,
-                                    "val_pick_better": v.better / n_obj, "val_pick_worse": v.worse / n_obj,
-                                    "sam": seg.name, "num_prompts": num_prompts, "num_bg": num_bg}, sam=record)
+                                    **objects, "sam": seg.name, "num_prompts": num_prompts, "num_bg": num_bg},
+                       sam=record)
         hits, misses = ctx.sum([cache.hits, cache.misses])  # over all processes
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": vl, "val_sam_only": v_sam,
-               "val_objects_mse": v.mse_objects, "val_objects_mse_sam": v.mse_objects_sam,
-               "val_pick_better": v.better / n_obj, "val_pick_worse": v.worse / n_obj, "best": int(improved), "seconds": time.time() - t0, "cache_hits": hits,
+               **objects, "best": int(improved), "seconds": time.time() - t0, "cache_hits": hits,
                "cache_misses": misses}
         history.append(row)
         if csv:

@@ -103,8 +103,8 @@ def with_shipped_models(config: Config) -> tuple[Config, str | None]:
     heatmap, or any with hdnet.enabled false) get the small SAM's operating point from its sidecar
     in place of SAM's AMG thresholds, when those are left at 0.88 / 0.95 (other values are kept);
     the shipped HDNet likewise gets its own threshold in place of the paper's 0.48 when
-    hdnet.iou_threshold is left at 0.48. Nothing changes when no small SAM is shipped: loading then fails with the message that says
-    what to set."""
+    hdnet.iou_threshold is left at 0.48. Nothing changes when no small SAM is shipped: loading
+    then fails with the message that says what to set."""
     import dataclasses
 
     method = resolve_method(config)
