@@ -80,6 +80,10 @@ class Graph:
         assert self.wait_for(lambda: self.pub_color.get_subscription_count() >= n
                              and self.pub_depth.get_subscription_count() >= n
                              and self.pub_info.get_subscription_count() >= n, 20)
+        # every node's /rosout publisher is known to the probe before a test provokes an error line
+        # (transient local covers a late match only within rosout's 10 s lifespan)
+        assert self.wait_for(lambda: set(self.nodes) <= {
+            i.node_name for i in self.probe.get_publishers_info_by_topic("/rosout")}, 20)
 
     def send(self, rgb, depth_mm, intr, stamp_sec: float | None = None, color_enc: str = "rgb8",
              info: bool = True):
