@@ -108,3 +108,13 @@ def test_pipeline_refuses_an_hdnet_trained_on_another_sam_type(tmp_path):
     save_hdnet(tmp_path / "h.pt", HDNet(), sam=sam_record("vit_tiny", None, 128))
     p = UOISPipeline(cfg, part="masks")
     assert p.uses_hdnet and p.hdnet.sam_record["model_type"] == "vit_tiny"
+
+
+def test_ranked_first_hdnet_over_all_tokens_sams_head_over_the_multimask_ones():
+    from uois_sam_ros.core.segment.hdnet import ranked_first
+
+    adapted = torch.tensor([[0.9, 0.1, 0.2, 0.3], [0.1, 0.2, 0.8, 0.3]])
+    iou_pred = torch.tensor([[0.99, 0.5, 0.7, 0.6], [0.2, 0.9, 0.1, 0.9]])
+    h, s = ranked_first(adapted, iou_pred)
+    assert h.tolist() == [0, 2] and s.tolist() == [2, 1]  # token 0 never for the head; a tie keeps the first
+    assert ranked_first(adapted, iou_pred, multimask=False)[1].tolist() == [0, 0]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from uois_sam_ros.core.config import SamConfig, resolve_device
-from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet, sam_record, save_hdnet
+from uois_sam_ros.core.segment.hdnet import HDNet, load_hdnet, ranked_first, sam_record, save_hdnet
 from uois_sam_ros.core.segment.sam_backend import SamSegmenter
 from uois_sam_ros.core.types import Frame, Prompts, Sample
 from uois_sam_ros.training.common import (
@@ -334,10 +334,10 @@ class HDNetValidation:
 
 def pick_counts(adapted: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
     """(better, worse): prompts whose top-ranked adapted-IoU token has a strictly higher / lower
-    target than the token SAM's head ranks first among the multimask ones (1-3)."""
+    target than the token SAM's head ranks first (hdnet.ranked_first)."""
     rows = torch.arange(len(target), device=target.device)
-    hd = target[rows, adapted.argmax(1)]
-    sam = target[rows, 1 + iou_pred[:, 1:].argmax(1)]
+    t_h, t_s = ranked_first(adapted, iou_pred)
+    hd, sam = target[rows, t_h], target[rows, t_s]
     return int((hd > sam + 1e-9).sum()), int((hd < sam - 1e-9).sum())
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from uois_sam_ros.core.eval.metrics import MetricAccumulator, resize_nearest
+from uois_sam_ros.core.segment.hdnet import ranked_first
 
 STAGES = ("prompts", "embedding", "decode", "postprocess", "total")
 
@@ -60,9 +61,8 @@ def rank_last_frame(pipeline, label: np.ndarray, stats: RankingStats, multimask:
     gt = resize_nearest(np.asarray(label), h, w)
     low = seg.decode_lowres(prompts)
     with torch.inference_mode():
-        adapted = hd.adapted_iou(low.iou_pred, low.t_iou, low.t_mask).float().cpu().numpy()
-    sam_iou = low.iou_pred.float().cpu().numpy()
-    cand = np.arange(1, sam_iou.shape[1]) if multimask else np.array([0])
+        adapted = hd.adapted_iou(low.iou_pred, low.t_iou, low.t_mask)
+    picks_h, picks_s = (t.cpu().numpy() for t in ranked_first(adapted, low.iou_pred, multimask))
     for k, (x, y) in enumerate(prompts.points):
         if prompts.labels[k] != 1:
             continue
@@ -71,8 +71,7 @@ def rank_last_frame(pipeline, label: np.ndarray, stats: RankingStats, multimask:
         if inst == 0:
             continue
         target = gt == inst
-        t_h = int(np.argmax(adapted[k]))
-        t_s = int(cand[np.argmax(sam_iou[k, cand])])
+        t_h, t_s = int(picks_h[k]), int(picks_s[k])
         masks = seg.upsample(low.logits[k, [t_h, t_s]]).cpu().numpy()
         ious = [float((m & target).sum() / max((m | target).sum(), 1)) for m in masks]
         stats.iou_hdnet.append(ious[0])

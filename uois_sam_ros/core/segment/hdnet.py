@@ -61,16 +61,24 @@ def shipped_iou_threshold(checkpoint: str | Path | None) -> float | None:
     its HDNet, so that Table IV compares the two at operating points chosen the same way. A sidecar
     that cannot be read gives one OperatingPointWarning naming the reason."""
 
-    def parse(op: dict) -> float:
+    def parse(op: dict) -> float | None:
+        if "iou_threshold" not in op:
+            return None
         t = float(op["iou_threshold"])
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"iou_threshold must lie in [0, 1], got {t}")
         return t
 
-    def parse_optional(op: dict) -> float | None:
-        return parse(op) if "iou_threshold" in op else None
+    return read_operating_point(checkpoint, parse, f"the paper's {PAPER_IOU_THRESHOLD} stays")
 
-    return read_operating_point(checkpoint, parse_optional, f"the paper's {PAPER_IOU_THRESHOLD} stays")
+
+def ranked_first(adapted: torch.Tensor, iou_pred: torch.Tensor, multimask: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(HDNet's token, SAM head's token) per prompt of (K, 4) scores: HDNet ranks all 4 tokens (the
+    pipeline with HDNet), SAM's head the 3 multimask ones (SamAutomaticMaskGenerator), or token 0
+    alone without multimask. The one rule of every HDNet-versus-head comparison."""
+    head = 1 + iou_pred[:, 1:].argmax(1) if multimask else torch.zeros_like(iou_pred[:, 0], dtype=torch.int64)
+    return adapted.argmax(1), head
 
 
 class HDNetSamWarning(UserWarning):
