@@ -469,7 +469,7 @@ def sam_items(model: Any, scenes: list[Scene], rng: np.random.Generator, s: SamS
             if k == 0:
                 continue
             idx = np.sort(rng.choice(k, size=min(k, s.max_instances), replace=False))
-            items.append(prepare_item(model, v.rgb, v.visible[idx], v.amodal[idx]))
+            items.append(prepare_item(model, v.rgb, v.visible[idx], v.amodal[idx], v.depth))
     return items
 
 

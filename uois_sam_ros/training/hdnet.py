@@ -138,7 +138,7 @@ class FeatureCache:
             c = CachedImage(blob["features"], tuple(blob["input_size"]), tuple(blob["original_size"]))
             self.hits += 1
         else:
-            seg.set_frame(Frame(rgb=sample.rgb))
+            seg.set_frame(Frame(rgb=sample.rgb, depth=sample.depth if seg.in_chans == 4 else None))
             pr = seg.predictor
             c = CachedImage(pr.features.detach().cpu(), tuple(pr.input_size), tuple(pr.original_size))
             if p is not None:

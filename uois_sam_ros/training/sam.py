@@ -59,10 +59,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import sigmoid_focal_loss
 
 from uois_sam_ros.core.segment import decoder_layout
+from uois_sam_ros.core.segment.depth_channel import ENCODER_CHANNELS, encoder_image, resize_longest_side
 from uois_sam_ros.core.segment.sam_backend import (
     VIT_SYNTH_ARCH,
     build_vit_synth,
@@ -70,6 +70,7 @@ from uois_sam_ros.core.segment.sam_backend import (
     read_sam_synth,
     save_sam_synth,
 )
+from uois_sam_ros.core.types import FrameError
 from uois_sam_ros.core.weights import CheckpointError, save_torch_atomic, sha256_file
 from uois_sam_ros.training.common import (
     CsvLog,
@@ -131,8 +132,9 @@ class ImageSource:
         return ImageSource(self.name, self._n, self._get, self.index[np.asarray(idx, np.int64)])
 
 
-def dataset_source(path: str | Path, annotations: str | Path | None = None) -> ImageSource:
-    """A UOAIS-Sim-style folder (``uois-sam-synth --out DIR`` writes one); images are read per step."""
+def dataset_source(path: str | Path, annotations: str | Path | None = None, in_chans: int = 3) -> ImageSource:
+    """A UOAIS-Sim-style folder (``uois-sam-synth --out DIR`` writes one); images are read per step.
+    in_chans 4: each image is rgb + the depth channel (depth_channel.encoder_image)."""
     from uois_sam_ros.core.data.datasets import DatasetError, open_dataset
 
     root = Path(path)
@@ -153,12 +155,16 @@ def dataset_source(path: str | Path, annotations: str | Path | None = None) -> I
             raise TrainingError(str(e)) from None
         if s.label is None:
             raise TrainingError(f"{s.name} has no visible instance labels")
-        return s.rgb, s.label
+        try:
+            return encoder_image(s.rgb, s.depth, in_chans), s.label
+        except FrameError as e:
+            raise TrainingError(f"{s.name}: {e}") from None
 
     return ImageSource(str(root), len(ds), get)
 
 
-def synthetic_source(num: int, seed: int, width: int, height: int, desc: str = "synthetic scenes") -> ImageSource:
+def synthetic_source(num: int, seed: int, width: int, height: int, desc: str = "synthetic scenes",
+                     in_chans: int = 3) -> ImageSource:
     """num generator scenes (seeds seed .. seed + num - 1), rendered once and kept in memory."""
     from tqdm import tqdm
 
@@ -171,7 +177,7 @@ def synthetic_source(num: int, seed: int, width: int, height: int, desc: str = "
     items = []
     for i in tqdm(range(num), desc=desc, unit="scene", file=sys.stderr, disable=num < 20):
         s = generate_scene(seed + i, cfg)
-        items.append((s.rgb, s.label.astype(np.int32)))
+        items.append((encoder_image(s.rgb, s.depth, in_chans), s.label.astype(np.int32)))
     return ImageSource(f"synthetic:{num}@{seed}", num, lambda i: items[i])
 
 
@@ -203,8 +209,8 @@ def prepare_image(rgb: np.ndarray, label: np.ndarray, img_size: int, rng: np.ran
     """Resize the longest side to img_size exactly as SamPredictor does (segment-anything's
     ResizeLongestSide on the rgb; nearest for the label). With rng (training): a random crop of
     45-100 % of the area first (half of the time), then a horizontal flip and colour jitter."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != label.shape:
-        raise TrainingError(f"rgb {rgb.shape} and label {label.shape} do not form an (H, W, 3) / (H, W) pair")
+    if rgb.ndim != 3 or rgb.shape[2] not in ENCODER_CHANNELS or rgb.shape[:2] != label.shape:
+        raise TrainingError(f"rgb {rgb.shape} and label {label.shape} do not form an (H, W, 3 or 4) / (H, W) pair")
     if rng is not None and rng.random() < 0.5:
         h, w = label.shape
         area = rng.uniform(0.45, 1.0)
@@ -214,13 +220,14 @@ def prepare_image(rgb: np.ndarray, label: np.ndarray, img_size: int, rng: np.ran
         y0 = int(rng.integers(0, h - ch + 1))
         x0 = int(rng.integers(0, w - cw + 1))
         rgb, label = rgb[y0:y0 + ch, x0:x0 + cw], label[y0:y0 + ch, x0:x0 + cw]
-    rgb_in = ResizeLongestSide(img_size).apply_image(np.ascontiguousarray(rgb))
+    rgb_in = resize_longest_side(rgb, img_size)
     lab_in = cv2.resize(np.ascontiguousarray(label).astype(np.int32), (rgb_in.shape[1], rgb_in.shape[0]),
                         interpolation=cv2.INTER_NEAREST)
     if rng is not None:
         if rng.random() < 0.5:
             rgb_in, lab_in = rgb_in[:, ::-1], lab_in[:, ::-1]
-        rgb_in = _colour_jitter(np.ascontiguousarray(rgb_in), rng)
+        jittered = _colour_jitter(np.ascontiguousarray(rgb_in[..., :3]), rng)  # colour only, never depth
+        rgb_in = jittered if rgb_in.shape[2] == 3 else np.dstack([jittered, rgb_in[..., 3:]])
     return np.ascontiguousarray(rgb_in), np.ascontiguousarray(lab_in)
 
 
@@ -736,6 +743,27 @@ def read_init(path: str | Path) -> tuple[dict, dict]:
     return arch, state
 
 
+PATCH_EMBED_KEY = "image_encoder.patch_embed.proj.weight"
+
+
+def init_fits(init_arch: dict, arch: dict) -> bool:
+    """Whether a run of arch may start from a checkpoint of init_arch: the same arch, or the same
+    with an RGB encoder widened to RGB-D (widen_input)."""
+    a, b = dict(init_arch), dict(arch)
+    return a == b or (a.pop("in_chans", 3) == 3 and b.pop("in_chans", 3) == 4 and a == b)
+
+
+def widen_input(state: dict, in_chans: int) -> dict:
+    """An RGB checkpoint's state for an encoder of in_chans inputs: the patch embedding's new
+    channels start at zero, so the widened model computes exactly what the RGB one did and
+    training then learns what the depth channel adds."""
+    w = state[PATCH_EMBED_KEY]
+    if w.shape[1] >= in_chans:
+        return state
+    extra = torch.zeros(w.shape[0], in_chans - w.shape[1], *w.shape[2:], dtype=w.dtype)
+    return {**state, PATCH_EMBED_KEY: torch.cat([w, extra], 1)}
+
+
 def arch_difference(have: dict, want: dict) -> str:
     """'key: have -> want' for each architecture size that differs (for one-line errors)."""
     return ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(have) | set(want))
@@ -784,10 +812,11 @@ def train_sam(train: ImageSource, val: ImageSource, out: str | Path, work_dir: s
             raise TrainingError("--init starts a new run from a checkpoint's weights; --resume continues a "
                                 "saved state: give one of them")
         init_arch, init_state = read_init(init)
-        if arch is not None and check_synth_arch(arch) != init_arch:
+        if arch is not None and not init_fits(init_arch, check_synth_arch(arch)):
             raise TrainingError(f"--init {init}: its arch differs from the one asked for: "
                                 f"{arch_difference(init_arch, check_synth_arch(arch))}")
-        arch = init_arch
+        arch = init_arch if arch is None else check_synth_arch(arch)
+        init_state = widen_input(init_state, arch.get("in_chans", 3))
         meta["init"], meta["init_sha256"] = str(init), sha256_file(init)
     if resume and not state_path.is_file():
         ctx.raise_any(f"--resume: no training state at {state_path}")
@@ -994,7 +1023,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--arch", help="JSON object overriding vit_synth sizes, e.g. '{\"depth\": 4, "
                    "\"global_attn_indexes\": [1, 3]}' (default: VIT_SYNTH_ARCH)")
     m.add_argument("--init", help="start from this vit_synth checkpoint's weights and arch (a fresh optimizer "
-                   "and schedule; --arch, when given, must agree with it; not with --resume)")
+                   "and schedule; --arch, when given, must agree with it, except '{\"in_chans\": 4}', which widens "
+                   "an RGB checkpoint to RGB-D with the depth channel's weights at zero; not with --resume)")
     t = p.add_argument_group("training")
     dflt = Settings()
     t.add_argument("--max-steps", type=int, default=dflt.max_steps, help="optimiser steps (end of the cosine decay)")
@@ -1035,17 +1065,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_sources(a: argparse.Namespace) -> tuple[ImageSource, ImageSource]:
+def _load_sources(a: argparse.Namespace, in_chans: int = 3) -> tuple[ImageSource, ImageSource]:
     if a.data:
-        data = dataset_source(a.data, a.annotations)
+        data = dataset_source(a.data, a.annotations, in_chans)
     elif a.synthetic > 0:
-        data = synthetic_source(a.synthetic, a.synthetic_seed, a.width, a.height)
+        data = synthetic_source(a.synthetic, a.synthetic_seed, a.width, a.height, in_chans=in_chans)
     else:
         raise TrainingError("give --data DIR (UOAIS-Sim-style folder) or --synthetic N")
     if a.val_data:
-        val, train = dataset_source(a.val_data, a.val_annotations), data
+        val, train = dataset_source(a.val_data, a.val_annotations, in_chans), data
     elif a.val_synthetic > 0:
-        val = synthetic_source(a.val_synthetic, a.val_seed, a.width, a.height, desc="validation scenes")
+        val = synthetic_source(a.val_synthetic, a.val_seed, a.width, a.height, desc="validation scenes",
+                               in_chans=in_chans)
         train = data
     else:
         n_val = max(1, int(round(a.val_split * len(data))))
@@ -1085,10 +1116,11 @@ def main(argv: list[str] | None = None) -> int:
             arch = check_synth_arch({**base, **over}, "--arch")
         except ValueError as e:
             raise TrainingError(str(e)) from None
-        if a.init and arch != base:
-            raise TrainingError(f"--arch conflicts with the arch of --init {a.init}: {arch_difference(base, arch)}")
+        if a.init and not init_fits(base, arch):
+            raise TrainingError(f"--arch conflicts with the arch of --init {a.init}: {arch_difference(base, arch)} "
+                                "(only in_chans 3 -> 4 may differ: an RGB checkpoint widened to RGB-D)")
         ctx.check_divisible(a.batch_size, "--batch-size")
-        train, val = _load_sources(a)
+        train, val = _load_sources(a, arch.get("in_chans", 3))
         ctx.check_same("the training / validation image counts", (len(train), len(val)))
         s = Settings(prompts=a.prompts, rounds=a.rounds, box_prob=a.box_prob, box_jitter=a.box_jitter,
                      batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, warmup=a.warmup,

@@ -32,10 +32,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from uois_sam_ros.core.segment.depth_channel import encoder_channels, encoder_image, resize_longest_side
 from uois_sam_ros.core.weights import (
     CheckpointError,
     cpu_state_dict,
@@ -64,21 +64,25 @@ class AmodalItem:
     embedding: torch.Tensor | None = None
 
 
-def prepare_image(model: nn.Module, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(1, 3, S, S) encoder input and the resized size, exactly as SamPredictor.set_image does."""
+def prepare_image(model: nn.Module, rgb: np.ndarray, depth: np.ndarray | None = None
+                  ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(1, C, S, S) encoder input and the resized size, exactly as SamPredictor.set_image does
+    (C = 4 for an RGB-D small SAM, which needs depth: depth_channel.encoder_image)."""
     size = int(model.image_encoder.img_size)
-    resized = ResizeLongestSide(size).apply_image(np.ascontiguousarray(rgb))
+    resized = resize_longest_side(encoder_image(rgb, depth, encoder_channels(model)), size)
     dev = next(model.parameters()).device
     x = torch.as_tensor(resized, device=dev).permute(2, 0, 1)[None].float()
     return model.preprocess(x), (int(resized.shape[0]), int(resized.shape[1]))
 
 
-def prepare_item(model: nn.Module, rgb: np.ndarray, visible: np.ndarray, amodal: np.ndarray) -> AmodalItem:
-    """An AmodalItem from a full-size image and (K, H, W) visible / amodal masks."""
+def prepare_item(model: nn.Module, rgb: np.ndarray, visible: np.ndarray, amodal: np.ndarray,
+                 depth: np.ndarray | None = None) -> AmodalItem:
+    """An AmodalItem from a full-size image (and its depth, which an RGB-D SAM needs) and (K, H, W)
+    visible / amodal masks."""
     visible, amodal = np.asarray(visible, bool), np.asarray(amodal, bool)
     if visible.shape != amodal.shape or visible.shape[1:] != rgb.shape[:2]:
         raise ValueError(f"visible {visible.shape} / amodal {amodal.shape} do not match the image {rgb.shape[:2]}")
-    image, (h, w) = prepare_image(model, rgb)
+    image, (h, w) = prepare_image(model, rgb, depth)
     return AmodalItem(image, (h, w), rgb.shape[:2], resize_masks(visible, h, w), resize_masks(amodal, h, w))
 
 

@@ -144,7 +144,7 @@ class AmodalStage:
 
         model = self.sam
         size = int(model.image_encoder.img_size)
-        image, (h, w) = prepare_image(model, frame.rgb)
+        image, (h, w) = prepare_image(model, frame.rgb, frame.depth)
         scale = size / max(frame.height, frame.width)  # ResizeLongestSide's factor
         boxes = torch.from_numpy(mask_boxes(masks) * scale).to(image.device)
         with torch.no_grad():

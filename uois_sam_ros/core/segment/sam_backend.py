@@ -60,6 +60,14 @@ from torchvision.ops.boxes import batched_nms
 from uois_sam_ros.core.config import SamConfig, autocast, resolve_device, resolve_dtype
 from uois_sam_ros.core.segment import decoder_layout
 from uois_sam_ros.core.segment.backend import Decoded
+from uois_sam_ros.core.segment.depth_channel import (
+    DEPTH_PIXEL_MEAN,
+    DEPTH_PIXEL_STD,
+    ENCODER_CHANNELS,
+    encoder_channels,
+    encoder_image,
+    resize_longest_side,
+)
 from uois_sam_ros.core.types import Frame, Prompts
 from uois_sam_ros.core.weights import (
     OFFICIAL,
@@ -86,6 +94,9 @@ VIT_SYNTH_ARCH: dict[str, Any] = {
     "window_size": 8, "global_attn_indexes": [2, 5], "decoder_dim": 128, "decoder_depth": 2,
     "decoder_heads": 4, "decoder_mlp_dim": 1024, "iou_head_hidden_dim": 256, "mask_in_chans": 16,
 }
+# sizes a stored arch may leave out (checkpoints written before they existed), with their value then;
+# in_chans 4 is an RGB-D encoder (core/segment/depth_channel.py)
+SYNTH_ARCH_OPTIONAL: dict[str, Any] = {"in_chans": 3}
 
 
 def _build_mobile_sam_vit_t() -> nn.Module:
@@ -122,8 +133,9 @@ def check_synth_arch(arch: Any, where: str = "vit_synth arch") -> dict[str, Any]
     Raises ValueError naming what is wrong (callers turn it into a CheckpointError for files)."""
     if not isinstance(arch, dict):
         raise ValueError(f"{where}: expected a dict of architecture sizes, got {type(arch).__name__}")
+    arch = {**SYNTH_ARCH_OPTIONAL, **arch}
     missing = sorted(set(VIT_SYNTH_ARCH) - set(arch))
-    unknown = sorted(set(arch) - set(VIT_SYNTH_ARCH))
+    unknown = sorted(set(arch) - set(VIT_SYNTH_ARCH) - set(SYNTH_ARCH_OPTIONAL))
     if missing or unknown:
         raise ValueError(f"{where}: " + "; ".join(
             ([f"missing keys {missing}"] if missing else []) + ([f"unknown keys {unknown}"] if unknown else [])))
@@ -152,10 +164,15 @@ def check_synth_arch(arch: Any, where: str = "vit_synth arch") -> dict[str, Any]
     if dd % 8 or (dd // 2) % max(out["decoder_heads"], 1):
         problems.append(f"decoder_dim {dd} must be a multiple of 8 whose half divides by decoder_heads "
                         f"{out['decoder_heads']}")
+    if out["in_chans"] not in ENCODER_CHANNELS:
+        problems.append(f"in_chans {out['in_chans']} must be 3 (RGB) or 4 (RGB-D)")
     if any(not 0 <= i < out["depth"] for i in out["global_attn_indexes"]):
         problems.append(f"global_attn_indexes {out['global_attn_indexes']} outside depth {out['depth']}")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
+    for k, v in SYNTH_ARCH_OPTIONAL.items():  # at its default an optional size is left out: old files stay equal
+        if out[k] == v:
+            del out[k]
     return out
 
 
@@ -167,9 +184,14 @@ def build_vit_synth(arch: dict[str, Any] | None = None) -> Sam:
     a = check_synth_arch(dict(VIT_SYNTH_ARCH) if arch is None else arch)
     grid = a["img_size"] // a["patch_size"]
     dim = a["decoder_dim"]
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    in_chans = a.get("in_chans", 3)
+    if in_chans == 4:
+        mean, std = mean + [DEPTH_PIXEL_MEAN], std + [DEPTH_PIXEL_STD]
     return Sam(
         image_encoder=ImageEncoderViT(
-            img_size=a["img_size"], patch_size=a["patch_size"], embed_dim=a["embed_dim"], depth=a["depth"],
+            img_size=a["img_size"], patch_size=a["patch_size"], in_chans=in_chans, embed_dim=a["embed_dim"],
+            depth=a["depth"],
             num_heads=a["num_heads"], mlp_ratio=a["mlp_ratio"], out_chans=dim, qkv_bias=True,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, rel_pos_zero_init=True,
             window_size=a["window_size"], global_attn_indexes=tuple(a["global_attn_indexes"])),
@@ -181,7 +203,7 @@ def build_vit_synth(arch: dict[str, Any] | None = None) -> Sam:
             transformer=TwoWayTransformer(depth=a["decoder_depth"], embedding_dim=dim,
                                           mlp_dim=a["decoder_mlp_dim"], num_heads=a["decoder_heads"]),
             transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=a["iou_head_hidden_dim"]),
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=mean, pixel_std=std,
     )
 
 
@@ -403,21 +425,43 @@ class SamSegmenter:
         elif not on and "forward" in vars(enc):
             del enc.forward
 
+    @property
+    def in_chans(self) -> int:
+        """3 for an RGB encoder (every official SAM), 4 for an RGB-D vit_synth."""
+        return encoder_channels(self.model)
+
+    def _set_image(self, image: np.ndarray) -> None:
+        """SamPredictor.set_image for 3 channels; for RGB-D the same steps with the depth channel
+        resized on its own (depth_channel.resize_longest_side), since set_image's PIL resize and
+        set_torch_image's checks know only RGB."""
+        if image.shape[2] == 3:
+            self.predictor.set_image(image, image_format="RGB")
+            return
+        p = self.predictor
+        x = torch.as_tensor(resize_longest_side(image, self.encoder_size), device=self.device)
+        x = x.permute(2, 0, 1).contiguous()[None]
+        p.reset_image()
+        p.original_size = image.shape[:2]
+        p.input_size = tuple(x.shape[-2:])
+        p.features = self.model.image_encoder(self.model.preprocess(x))
+        p.is_image_set = True
+
     def set_frame(self, frame: Frame) -> None:
-        frame.validate()
+        frame.validate(need_depth=self.in_chans == 4)
+        image = encoder_image(frame.rgb, frame.depth, self.in_chans)
         dt = self._amp_dtype()
         want = bool(self.cfg.compile) and "encoder" not in self._compile_failed
         self._set_encoder_compiled(want)
         try:
             with torch.inference_mode(), autocast(str(self.device), dt):
-                self.predictor.set_image(frame.rgb, image_format="RGB")
+                self._set_image(image)
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, then the eager error (if any) is real
             if not want:
                 raise
             self._compile_fallback("encoder", e)
             self._set_encoder_compiled(False)
             with torch.inference_mode(), autocast(str(self.device), dt):
-                self.predictor.set_image(frame.rgb, image_format="RGB")
+                self._set_image(image)
         if dt is not None:  # consumers (decoder outside autocast, HPG 'sam', adaptation) expect float32
             self.predictor.features = self.predictor.features.float()
 
