@@ -28,6 +28,11 @@ run's schedule: a short run on a lent GPU continues the shipped model instead of
 --resume state holds the optimizer too, but is 3x the checkpoint's size and tied to its old run).
 Then the step-0 validation ('untrained' in the log and sidecar) scores the init checkpoint.
 
+RGB-D: --arch '{"in_chans": 4}' trains an encoder that also takes depth (core/segment/depth_channel.py);
+with --init of an RGB checkpoint its patch embedding is widened with zero weights for the depth channel,
+so step 0 scores exactly the RGB model and training then learns what depth adds. Data folders must
+then hold depth (UOAIS-Sim layout: depth/), and colour jitter leaves the depth channel alone.
+
 AdamW with a linear warm-up then cosine decay, gradient clipping. Augmentation: random crop
 (zoom in), horizontal flip, colour jitter, sensor noise and blur.
 
