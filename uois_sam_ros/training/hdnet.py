@@ -154,11 +154,7 @@ class FeatureCache:
 
 def _set_cached(seg: SamSegmenter, c: CachedImage) -> None:
     """Put a cached embedding into segment-anything's predictor, as set_image would."""
-    pr = seg.predictor
-    pr.features = c.features.to(seg.device)
-    pr.input_size = c.input_size
-    pr.original_size = c.original_size
-    pr.is_image_set = True
+    seg.use_embedding(c.features.to(seg.device), c.input_size, c.original_size)
 
 
 def _check_label(sample: Sample) -> np.ndarray:

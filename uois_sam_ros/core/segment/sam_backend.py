@@ -437,13 +437,18 @@ class SamSegmenter:
         if image.shape[2] == 3:
             self.predictor.set_image(image, image_format="RGB")
             return
-        p = self.predictor
         x = torch.as_tensor(resize_longest_side(image, self.encoder_size), device=self.device)
         x = x.permute(2, 0, 1).contiguous()[None]
+        self.use_embedding(self.model.image_encoder(self.model.preprocess(x)), tuple(x.shape[-2:]),
+                           tuple(image.shape[:2]))
+
+    def use_embedding(self, features: torch.Tensor, input_size: tuple[int, int],
+                      original_size: tuple[int, int]) -> None:
+        """Put an image embedding into the predictor as set_image leaves it (an RGB-D encode, or
+        an embedding cached by a trainer), so decoding reads it like any other frame's."""
+        p = self.predictor
         p.reset_image()
-        p.original_size = image.shape[:2]
-        p.input_size = tuple(x.shape[-2:])
-        p.features = self.model.image_encoder(self.model.preprocess(x))
+        p.features, p.input_size, p.original_size = features, tuple(input_size), tuple(original_size)
         p.is_image_set = True
 
     def set_frame(self, frame: Frame) -> None:
