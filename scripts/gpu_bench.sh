@@ -10,7 +10,8 @@
 # WHEELS defaults to .whl in the repo root (git-ignored; name it in the device tool's carry).
 # Environment: PYTHON (the interpreter that holds torch; run: python3, prepare/dry-run: .venv/bin/python
 # when present), OUT (run: where the JSON and logs go, default out/gpu_bench), MODELS, DTYPES, REPEATS,
-# GRID, THREADS, DECODERS (default folded,library: both decoder layouts per model), COMPILE=1 (adds
+# GRID, THREADS, DECODERS (default folded,library: both decoder layouts per model), ENCODERS (default
+# chunked; chunked,library adds the library's encoder attention per model), COMPILE=1 (adds
 # --compile: sam.compile, its compile time is paid in the warm-up) (run's bench options), DEVICE (run: cuda;
 # cpu walks the same path on a machine without one).
 #
@@ -162,7 +163,7 @@ dry-run)
     done
     say "install done in $((SECONDS - start)) s (no rclpy, no open3d); CPU bench:"
     OMP_NUM_THREADS="${THREADS:-2}" bench "$tmp/venv" --device cpu --models vit_synth --repeats 1 --grid 4 \
-        --threads "${THREADS:-2}" --peak-seconds 0.5 --decoders folded,library --json "$tmp/stages.json"
+        --threads "${THREADS:-2}" --peak-seconds 0.5 --decoders folded,library --encoders chunked,library --json "$tmp/stages.json"
     say "dry-run passed in $((SECONDS - start)) s"
     ;;
 run)
@@ -186,7 +187,8 @@ run)
         set +e
         PYTHONUNBUFFERED=1 bench "$tmp/venv" --device "$device" --dtype "$dt" \
             --models "${MODELS:-vit_synth,vit_t,vit_b,vit_l,vit_h}" --repeats "${REPEATS:-3}" --grid "${GRID:-32}" \
-            --threads "${THREADS:-8}" --decoders "${DECODERS:-folded,library}" ${COMPILE:+--compile} \
+            --threads "${THREADS:-8}" --decoders "${DECODERS:-folded,library}" \
+            --encoders "${ENCODERS:-chunked}" ${COMPILE:+--compile} \
             --json "$out/stages_$dt.json" 2>&1 | tee "$out/stages_$dt.log"
         rc=${PIPESTATUS[0]}
         set -e

@@ -236,3 +236,42 @@ def test_stages_times_both_decoder_layouts_on_one_model(tmp_path, capsys):
 def test_stages_refuses_an_unknown_decoder(capsys):
     assert speed.main([*FAST, "--decoders", "folded,fast"]) == 2
     assert "--decoders 'folded,fast'" in capsys.readouterr().err
+
+
+def test_stages_ceiling_and_both_encoder_layouts(tmp_path, capsys):
+    """--ceiling prints, per SAM stage, its counted products run alone; their FLOPs are the
+    counter's. --encoders chunked,library times both encoder layouts and prints their ratio."""
+    path = tmp_path / "ceiling.json"
+    code = speed.main([*FAST, "--grid", "0", "--no-weights-free", "--encoders", "chunked,library", "--ceiling",
+                       "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = _rows(out)
+    for layout in ("chunked", "library"):
+        assert len(rows[(f"uois_sam vit_synth (shipped) {layout}", "embedding")]) == 4
+        for st in ("prompts", "embedding", "decode"):
+            assert re.search(rf"ceiling uois_sam vit_synth \(shipped\) {layout} {st}: \d+ counted products "
+                             rf"\(\d+ distinct\), run alone {NUM} s = {NUM} GFLOP/s = {NUM} % of peak; the stage "
+                             rf"took {NUM} s, {NUM} s of it outside them", out), (layout, st)
+    assert re.search(rf"vit_synth \(shipped\) embedding: chunked {NUM} s, library {NUM} s \({NUM}x\)", out)
+    doc = json.loads(path.read_text())
+    assert [r["encoder"] for r in doc["rows"]] == ["chunked", "library"]
+    for r in doc["rows"]:
+        for st in ("prompts", "embedding", "decode"):
+            c = r["ceiling"][st]
+            assert c["gflop"] == pytest.approx(r["stages"][st]["gflop"])  # the same products as the counter's
+            assert c["alone_seconds"] > 0 and c["ceiling_pct_peak"] > 0 and c["calls"] >= c["distinct"] >= 1
+            assert c["outside_seconds"] == pytest.approx(c["stage_seconds"] - c["alone_seconds"])
+            assert 1 <= len(c["top"]) <= 3 and sum(t["share"] for t in c["top"]) <= 1 + 1e-9
+    ratio = doc["encoder_ratios"][0]
+    assert ratio["encoder"] == "chunked" and ratio["reference"] == "library" and ratio["seconds"] > 0
+
+
+def test_ceiling_remakes_strided_and_expanded_arguments():
+    from uois_sam_ros.bench.ceiling import _spec
+
+    base = torch.randn(4, 1, 6).expand(4, 5, 6)  # stride 0, as a broadcast bias
+    s = _spec(base.transpose(1, 2))
+    t = s.make(torch.Generator().manual_seed(0))
+    assert t.shape == (4, 6, 5) and t.stride() == base.transpose(1, 2).stride() and t.dtype == torch.float32
+    assert _spec(3) == 3 and _spec(None) is None

@@ -329,3 +329,29 @@ def test_hpg_prompt_source_maps_to_frame_pixels():
 def test_hpg_without_checkpoint_is_a_clear_error():
     with pytest.raises(HPGCheckpointError, match="set hpg.checkpoint"):
         HPG(_cfg(backbone="dinov2_vits14"))
+
+
+def test_the_cpu_runs_the_cnn_channels_last_with_the_same_maps_and_prompts():
+    """On a CPU the CNN backbones run in NHWC (oneDNN's layout, faster): same maps to float32
+    rounding, same peaks, and the network's state dict keeps its keys and values."""
+    import copy
+
+    net = load_hpg_checkpoint(default_hpg_checkpoint())
+    ref_state = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = _cfg(fg_threshold=0.0, heatmap_threshold=-1e9)  # its 30 highest peaks, whatever the scene
+    fr = _frame(h=240, w=320)
+    fast = HPG(cfg, copy.deepcopy(net))
+    assert fast.channels_last
+    assert fast.model.backbone.stages[0][0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = HPG(cfg, copy.deepcopy(net))
+    plain.channels_last = False
+    plain.model = plain.model.to(memory_format=torch.contiguous_format)
+    pf, pp = fast.prompts(fr), plain.prompts(fr)
+    np.testing.assert_allclose(fast.last_fg, plain.last_fg, atol=1e-5)
+    np.testing.assert_allclose(fast.last_heatmap, plain.last_heatmap, atol=1e-5)
+    assert len(pf) == 30
+    np.testing.assert_array_equal(pf.points, pp.points)
+    state = fast.model.state_dict()
+    assert set(state) == set(ref_state) and all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+    # not on other backbones
+    assert not HPG(cfg, HPGNet("sam", sam_dim=32).eval()).channels_last

@@ -134,12 +134,10 @@ def instrument(pipe: Any, flops: StageFlops | None = None) -> Iterator[None]:
             object.__delattr__(obj, name)  # the class's method shows through again
 
 
-def count_stage_flops(pipe: Any, frame: Any) -> dict[str, int]:
-    """FLOPs of one pipe.run(frame) per stage (an extra run: the counter slows it, so it is never timed).
-
-    The run is counted in fp32 whatever sam.dtype / hpg.dtype say: the counter decomposes composite
-    ops (einsum) below autocast, which then meet mixed dtypes, and a FLOP count does not depend
-    on the dtype anyway."""
+@contextlib.contextmanager
+def counted_in_fp32(pipe: Any) -> Iterator[None]:
+    """Run the pipe's SAM and HPG in fp32 inside: the counter decomposes composite ops (einsum)
+    below autocast, which then meet mixed dtypes, and a FLOP count does not depend on the dtype."""
     swapped = []
     for part in (getattr(pipe, "segmenter", None), getattr(pipe, "hpg", None)):
         cfg = getattr(part, "cfg", None)
@@ -147,11 +145,21 @@ def count_stage_flops(pipe: Any, frame: Any) -> dict[str, int]:
             swapped.append((part, cfg))
             part.cfg = dataclasses.replace(cfg, dtype="fp32")
     try:
-        with FlopCounterMode(display=False) as counter:
-            stages = StageFlops(counter)
-            with instrument(pipe, stages):
-                pipe.run(frame)
-            return stages.finish()
+        yield
     finally:
         for part, cfg in swapped:
             part.cfg = cfg
+
+
+def count_stage_flops(pipe: Any, frame: Any, counter: FlopCounterMode | None = None,
+                      stages: StageFlops | None = None) -> dict[str, int]:
+    """FLOPs of one pipe.run(frame) per stage (an extra run: the counter slows it, so it is never timed).
+
+    The run is counted in fp32 whatever sam.dtype / hpg.dtype say (counted_in_fp32). `counter` and
+    `stages` replace the plain FlopCounterMode and StageFlops (the ceiling bench records with them)."""
+    counter = counter if counter is not None else FlopCounterMode(display=False)
+    with counted_in_fp32(pipe), counter:
+        stages = stages if stages is not None else StageFlops(counter)
+        with instrument(pipe, stages):
+            pipe.run(frame)
+        return stages.finish()

@@ -10,11 +10,15 @@ Also the ratio of decoding K=30 prompts to decoding the --grid x --grid point gr
 embedding. Imports no ROS: it runs wherever the core runs (scripts/gpu_bench.sh).
 
 --decoders folded,library times each SAM row with each decoder layout (sam.decoder) on the same
-loaded model, one after the other, and prints their decode-time ratio; --compile runs them
-through torch.compile (sam.compile; the warm-up run pays the compilation).
+loaded model, one after the other, and prints their decode-time ratio; --encoders chunked,library
+does the same for the image encoder's attention (sam.encoder) and its embedding time; --compile
+runs them through torch.compile (sam.compile; the warm-up run pays the compilation). --ceiling adds,
+per SAM row and stage, what the stage's own products reach when each runs alone (bench/ceiling.py):
+the stage's best case with its shapes, and the time it spends outside them.
 
     uois-sam-bench stages [--models vit_synth,vit_t,vit_b] [--device cpu|cuda] [--dtype fp32|bf16|fp16]
-                          [--decoders folded[,library]] [--compile] [--repeats 2] [--grid 32] [--json out.json]
+                          [--decoders folded[,library]] [--encoders chunked[,library]] [--compile]
+                          [--ceiling] [--repeats 2] [--grid 32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from uois_sam_ros.bench import ceiling
 from uois_sam_ros.bench.flops import count_stage_flops, instrument, matmul_peak, sync
-from uois_sam_ros.core.config import DTYPES, SAM_DECODERS, config_from_dict
+from uois_sam_ros.core.config import DTYPES, SAM_DECODERS, SAM_ENCODERS, config_from_dict
 from uois_sam_ros.core.segment.hpg import HPGNet, default_hpg_checkpoint, load_hpg_checkpoint
 from uois_sam_ros.core.segment.pipeline import UOISPipeline
 from uois_sam_ros.core.segment.prompting import grid_prompts
@@ -230,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoders", default="folded",
                     help="comma-separated sam.decoder layouts to time per SAM row: folded (the default), library "
                          "(segment-anything's predict_masks)")
+    ap.add_argument("--encoders", default="chunked",
+                    help="comma-separated sam.encoder attention layouts to time per SAM row: chunked (the default), "
+                         "library (segment-anything's Attention.forward)")
     ap.add_argument("--compile", action="store_true", help="sam.compile: torch.compile the encoder and decoder")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="per SAM row and stage: its counted products run alone (best case for its shapes) and the "
+                         "time outside them")
     ap.add_argument("--json", type=Path, help="also write the peak and every row here as JSON")
     args = ap.parse_args(argv)
     if args.dtype not in DTYPES:
@@ -240,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = [d for d in decoders if d not in SAM_DECODERS]
     if bad or not decoders:
         print(f"error: --decoders {args.decoders!r}: use one or more of {','.join(SAM_DECODERS)}", file=sys.stderr)
+        return 2
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    bad = [e for e in encoders if e not in SAM_ENCODERS]
+    if bad or not encoders:
+        print(f"error: --encoders {args.encoders!r}: use one or more of {','.join(SAM_ENCODERS)}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -270,26 +286,36 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": dtype, "dtype_asked": args.dtype, "threads": args.threads, "repeats": args.repeats,
         "frame": frame_desc, "hpg": "shipped" if hpg_shipped else "random",
         "peak": {"gflops": peak.gflops, "n": peak.n, "dtype": peak.dtype, "seconds": peak.seconds},
-        "tf32": tf32 if cuda else None, "compile": args.compile, "rows": [], "ratios": [], "decoder_ratios": []}
+        "tf32": tf32 if cuda else None, "compile": args.compile, "rows": [], "ratios": [], "decoder_ratios": [],
+        "encoder_ratios": []}
     ratio_lines = []
     for mt in [m.strip() for m in args.models.split(",") if m.strip()]:
         pipe, base_name, shipped = sam_pipeline(mt, hpg, hpg_shipped, args.device, dtype)
         decode_s: dict[str, float] = {}
+        embed_s: dict[str, float] = {}
         for decoder in decoders:
-            pipe.reconfigure(dataclasses.replace(pipe.config, sam=dataclasses.replace(
-                pipe.config.sam, decoder=decoder, compile=args.compile)))
-            tag = [decoder] if len(decoders) > 1 else []
-            name = " ".join([base_name, *tag, *(["compiled"] if args.compile else [])])
-            decode_s[decoder] = _sam_row(pipe, name, mt, shipped, decoder, frame, peak, args, cuda, result,
-                                         ratio_lines)
-        if len(decoders) > 1:
-            ref = decoders[-1]
-            for d in decoders[:-1]:
-                line = (f"{mt}{' (shipped)' if shipped else ''} decode: {d} {decode_s[d]:.3f} s, {ref} "
-                        f"{decode_s[ref]:.3f} s ({decode_s[ref] / max(decode_s[d], 1e-9):.2f}x)")
+            for encoder in encoders:
+                pipe.reconfigure(dataclasses.replace(pipe.config, sam=dataclasses.replace(
+                    pipe.config.sam, decoder=decoder, encoder=encoder, compile=args.compile)))
+                tag = ([decoder] if len(decoders) > 1 else []) + ([encoder] if len(encoders) > 1 else [])
+                name = " ".join([base_name, *tag, *(["compiled"] if args.compile else [])])
+                secs = _sam_row(pipe, name, mt, shipped, decoder, encoder, frame, peak, args, cuda, result,
+                                ratio_lines)
+                if encoder == encoders[0]:
+                    decode_s[decoder] = secs["decode"]
+                if decoder == decoders[0]:
+                    embed_s[encoder] = secs["embedding"]
+        for label, times, key in (("decode", decode_s, "decoder"), ("embedding", embed_s, "encoder")):
+            names = list(times)
+            if len(names) < 2:
+                continue
+            ref = names[-1]
+            for d in names[:-1]:
+                line = (f"{mt}{' (shipped)' if shipped else ''} {label}: {d} {times[d]:.3f} s, {ref} "
+                        f"{times[ref]:.3f} s ({times[ref] / max(times[d], 1e-9):.2f}x)")
                 ratio_lines.append(line)
-                result["decoder_ratios"].append({"model": mt, "decoder": d, "seconds": decode_s[d],
-                                                 "reference": ref, "reference_seconds": decode_s[ref]})
+                result[f"{key}_ratios"].append({"model": mt, key: d, "seconds": times[d],
+                                                "reference": ref, "reference_seconds": times[ref]})
         del pipe
         if cuda:
             torch.cuda.empty_cache()
@@ -313,16 +339,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sam_row(pipe: UOISPipeline, name: str, mt: str, shipped: bool, decoder: str, frame: Frame, peak: Any,
-             args: argparse.Namespace, cuda: bool, result: dict[str, Any], ratio_lines: list[str]) -> float:
-    """Time, count and print one SAM row (and its K=30 / grid ratio); returns its decode seconds."""
+def _sam_row(pipe: UOISPipeline, name: str, mt: str, shipped: bool, decoder: str, encoder: str, frame: Frame,
+             peak: Any, args: argparse.Namespace, cuda: bool, result: dict[str, Any],
+             ratio_lines: list[str]) -> dict[str, float]:
+    """Time, count and print one SAM row (its K=30 / grid ratio, its ceiling); returns its stage seconds."""
     secs, inst = _timed(pipe, frame, args.repeats, cuda)
-    stages = stage_rows(secs, count_stage_flops(pipe, frame), peak.gflops)
+    if args.ceiling:
+        ops, flops = ceiling.record_stage_ops(pipe, frame)
+    else:
+        flops = count_stage_flops(pipe, frame)
+    stages = stage_rows(secs, flops, peak.gflops)
     k = len(pipe.last_prompts) if pipe.last_prompts is not None else 0
     print_rows(name, stages, k, len(inst))
     sys.stdout.flush()
     row: dict[str, Any] = {"method": name, "model_type": mt, "shipped": shipped, "decoder": decoder,
-                           "compile": bool(args.compile), "K": k, "masks": len(inst), "stages": stages}
+                           "encoder": encoder, "compile": bool(args.compile), "K": k, "masks": len(inst),
+                           "stages": stages}
+    if args.ceiling:
+        ceiling.time_alone(ops, args.device)
+        row["ceiling"] = ceiling.ceiling_rows(ops, secs, peak.gflops)
+        ceiling.print_ceiling(name, row["ceiling"])
+        sys.stdout.flush()
     if args.grid > 0:  # decoding K=30 vs the grid, on the embedding of this frame
         seg = pipe.segmenter
         seg.set_frame(frame)  # the run above skips the encoder when HPG finds no prompt
@@ -348,7 +385,7 @@ def _sam_row(pipe: UOISPipeline, name: str, mt: str, shipped: bool, decoder: str
         row["grid_ratio"] = ratio
         result["ratios"].append({"model": mname, **ratio})
     result["rows"].append(row)
-    return float(secs.get("decode", 0.0))
+    return {k: float(secs.get(k, 0.0)) for k in STAGES}
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from torch import nn
 from torchvision.ops.boxes import batched_nms
 
 from uois_sam_ros.core.config import SamConfig, autocast, resolve_device, resolve_dtype
-from uois_sam_ros.core.segment import decoder_layout
+from uois_sam_ros.core.segment import decoder_layout, encoder_layout
 from uois_sam_ros.core.segment.backend import Decoded
 from uois_sam_ros.core.segment.depth_channel import (
     DEPTH_PIXEL_MEAN,
@@ -457,15 +457,21 @@ class SamSegmenter:
         dt = self._amp_dtype()
         want = bool(self.cfg.compile) and "encoder" not in self._compile_failed
         self._set_encoder_compiled(want)
+        chunked = self.cfg.encoder == "chunked"  # eager runs only: the compiler sees the library's attention
+        # the convolutions NHWC on a CPU with the chunked layout, NCHW otherwise (cfg read per call:
+        # reconfigure may switch it; the weights are converted only when it changes)
+        encoder_layout.set_convolution_layout(self.model.image_encoder, chunked and self.device.type == "cpu")
         try:
-            with torch.inference_mode(), autocast(str(self.device), dt):
+            with torch.inference_mode(), autocast(str(self.device), dt), \
+                    encoder_layout.layout(self.model.image_encoder, chunked and not want):
                 self._set_image(image)
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, then the eager error (if any) is real
             if not want:
                 raise
             self._compile_fallback("encoder", e)
             self._set_encoder_compiled(False)
-            with torch.inference_mode(), autocast(str(self.device), dt):
+            with torch.inference_mode(), autocast(str(self.device), dt), \
+                    encoder_layout.layout(self.model.image_encoder, chunked):
                 self._set_image(image)
         if dt is not None:  # consumers (decoder outside autocast, HPG 'sam', adaptation) expect float32
             self.predictor.features = self.predictor.features.float()
