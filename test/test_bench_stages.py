@@ -253,7 +253,8 @@ def test_stages_ceiling_and_both_encoder_layouts(tmp_path, capsys):
             assert re.search(rf"ceiling uois_sam vit_synth \(shipped\) {layout} {st}: \d+ counted products "
                              rf"\(\d+ distinct\), run alone {NUM} s = {NUM} GFLOP/s = {NUM} % of peak; the stage "
                              rf"took {NUM} s, {NUM} s of it outside them", out), (layout, st)
-    assert re.search(rf"vit_synth \(shipped\) embedding: chunked {NUM} s, library {NUM} s \({NUM}x\)", out)
+    for st in ("embedding", "prompts"):
+        assert re.search(rf"vit_synth \(shipped\) {st}: chunked {NUM} s, library {NUM} s \({NUM}x\)", out)
     doc = json.loads(path.read_text())
     assert [r["encoder"] for r in doc["rows"]] == ["chunked", "library"]
     for r in doc["rows"]:
@@ -263,6 +264,7 @@ def test_stages_ceiling_and_both_encoder_layouts(tmp_path, capsys):
             assert c["alone_seconds"] > 0 and c["ceiling_pct_peak"] > 0 and c["calls"] >= c["distinct"] >= 1
             assert c["outside_seconds"] == pytest.approx(c["stage_seconds"] - c["alone_seconds"])
             assert 1 <= len(c["top"]) <= 3 and sum(t["share"] for t in c["top"]) <= 1 + 1e-9
+    assert [r["stage"] for r in doc["encoder_ratios"]] == ["embedding", "prompts"]
     ratio = doc["encoder_ratios"][0]
     assert ratio["encoder"] == "chunked" and ratio["reference"] == "library" and ratio["seconds"] > 0
 

@@ -344,8 +344,8 @@ def test_the_cpu_runs_the_cnn_channels_last_with_the_same_maps_and_prompts():
     assert fast.channels_last
     assert fast.model.backbone.stages[0][0][0].weight.is_contiguous(memory_format=torch.channels_last)
     plain = HPG(cfg, copy.deepcopy(net))
-    plain.channels_last = False
-    plain.model = plain.model.to(memory_format=torch.contiguous_format)
+    plain.use_channels_last(False)
+    assert plain.model.backbone.stages[0][0][0].weight.is_contiguous()
     pf, pp = fast.prompts(fr), plain.prompts(fr)
     np.testing.assert_allclose(fast.last_fg, plain.last_fg, atol=1e-5)
     np.testing.assert_allclose(fast.last_heatmap, plain.last_heatmap, atol=1e-5)

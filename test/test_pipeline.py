@@ -276,7 +276,8 @@ def test_grid_method_equals_segment_anythings_automatic_mask_generator(amg_sam):
     for box_nms in (1.0, 0.99):  # 0.99: identical full-image boxes are suppressed, distinct ones kept
         ref = SamAutomaticMaskGenerator(amg_sam, points_per_side=n, pred_iou_thresh=iou_t,
                                         stability_score_thresh=stab_t, box_nms_thresh=box_nms).generate(rgb)
-        cfg = _cfg("grid", pipeline={"grid_points": n, "grid_box_nms": box_nms},
+        # bit for bit needs the library's encoder layout too (sam.encoder chunked rounds differently)
+        cfg = _cfg("grid", pipeline={"grid_points": n, "grid_box_nms": box_nms}, sam={"encoder": "library"},
                    hdnet={"sam_iou_threshold": iou_t, "stability_threshold": stab_t}, postprocess=neutral)
         assert cfg.pipeline.grid_exact  # the default
         p = UOISPipeline(cfg, sam_model=amg_sam)

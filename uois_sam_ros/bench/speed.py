@@ -11,7 +11,8 @@ embedding. Imports no ROS: it runs wherever the core runs (scripts/gpu_bench.sh)
 
 --decoders folded,library times each SAM row with each decoder layout (sam.decoder) on the same
 loaded model, one after the other, and prints their decode-time ratio; --encoders chunked,library
-does the same for the image encoder's attention (sam.encoder) and its embedding time; --compile
+does the same for the encoders' CPU layouts (sam.encoder: SAM's attention in bands and its
+convolutions NHWC; with it, the HPG CNN's convolutions NHWC) and the embedding time; --compile
 runs them through torch.compile (sam.compile; the warm-up run pays the compilation). --ceiling adds,
 per SAM row and stage, what the stage's own products reach when each runs alone (bench/ceiling.py):
 the stage's best case with its shapes, and the time it spends outside them.
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe, base_name, shipped = sam_pipeline(mt, hpg, hpg_shipped, args.device, dtype)
         decode_s: dict[str, float] = {}
         embed_s: dict[str, float] = {}
+        prompt_s: dict[str, float] = {}
         for decoder in decoders:
             for encoder in encoders:
                 pipe.reconfigure(dataclasses.replace(pipe.config, sam=dataclasses.replace(
@@ -305,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                     decode_s[decoder] = secs["decode"]
                 if decoder == decoders[0]:
                     embed_s[encoder] = secs["embedding"]
-        for label, times, key in (("decode", decode_s, "decoder"), ("embedding", embed_s, "encoder")):
+                    prompt_s[encoder] = secs["prompts"]
+        for label, times, key in (("decode", decode_s, "decoder"), ("embedding", embed_s, "encoder"),
+                                  ("prompts", prompt_s, "encoder")):
             names = list(times)
             if len(names) < 2:
                 continue
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 line = (f"{mt}{' (shipped)' if shipped else ''} {label}: {d} {times[d]:.3f} s, {ref} "
                         f"{times[ref]:.3f} s ({times[ref] / max(times[d], 1e-9):.2f}x)")
                 ratio_lines.append(line)
-                result[f"{key}_ratios"].append({"model": mt, key: d, "seconds": times[d],
+                result[f"{key}_ratios"].append({"model": mt, "stage": label, key: d, "seconds": times[d],
                                                 "reference": ref, "reference_seconds": times[ref]})
         del pipe
         if cuda:
@@ -343,6 +347,9 @@ def _sam_row(pipe: UOISPipeline, name: str, mt: str, shipped: bool, decoder: str
              peak: Any, args: argparse.Namespace, cuda: bool, result: dict[str, Any],
              ratio_lines: list[str]) -> dict[str, float]:
     """Time, count and print one SAM row (its K=30 / grid ratio, its ceiling); returns its stage seconds."""
+    hpg = getattr(pipe, "hpg", None)
+    if hpg is not None and not cuda:  # the library layout: HPG's convolutions in NCHW too
+        hpg.use_channels_last(encoder == "chunked" and hpg.model.backbone_name in ("cnn_rgb", "cnn_rgbd"))
     secs, inst = _timed(pipe, frame, args.repeats, cuda)
     if args.ceiling:
         ops, flops = ceiling.record_stage_ops(pipe, frame)
