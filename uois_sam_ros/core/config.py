@@ -41,7 +41,7 @@ class SamConfig:
     image_size: int = 1024  # encoder input side; only the test architecture vit_tiny may change it
     dtype: str = "fp32"  # fp32 | bf16 | fp16: autocast of the encoder and decoder (fp32: none; fp16 on CPU runs fp32)
     decoder: str = "folded"  # folded | library: how K prompts are decoded (folded: the same masks, 2-4x faster on CPU)
-    encoder: str = "chunked"  # chunked | library: image-encoder attention (chunked: the same embedding, vit_b 1.8x faster on CPU)
+    encoder: str = "chunked"  # chunked | library: encoder CPU layouts (chunked: banded attention, NHWC convs; same embedding, vit_b 1.9-3x faster)
     compile: bool = False  # torch.compile the encoder and decoder (the first frames pay it; eager if it fails)
 
     def __post_init__(self) -> None:

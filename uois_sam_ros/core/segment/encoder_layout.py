@@ -1,4 +1,5 @@
-"""SAM's image-encoder attention in query chunks, for a CPU (``sam.encoder: chunked``).
+"""SAM's image encoder laid out for a CPU (``sam.encoder: chunked``): attention in bands of query
+rows, convolution weights NHWC (set_convolution_layout).
 
 segment-anything's ``Attention.forward`` writes the whole (B*heads, HW, HW) score tensor, then
 adds the decomposed relative positions in two broadcast passes that each write a new tensor of
@@ -14,10 +15,9 @@ between the passes. The arithmetic per element is the library's, in the library'
 result equals it to float32 rounding (bit for bit in the runs measured; test_encoder_layout.py
 checks it on vit_tiny, vit_synth and vit_b blocks, windowed and global).
 
-It applies where no gradient is taken (in-place softmax has none) and outside autocast's
-lower-precision scores only in fp32 (under autocast the softmax is not done in place, so its
-dtype rules stay the library's); elsewhere the library's forward runs. On a GPU a band is the
-whole tensor: only the in-place passes remain.
+It applies where no gradient is taken (an in-place softmax has none); with autograd on, the
+library's forward runs. Under autocast the softmax is not done in place, so its dtype rules stay
+the library's. On a GPU a band is the whole tensor: only the in-place passes remain.
 """
 
 from __future__ import annotations
