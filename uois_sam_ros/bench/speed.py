@@ -48,7 +48,7 @@ from uois_sam_ros.core.types import Frame, Intrinsics, Prompts
 
 STAGES = ("prompts", "embedding", "decode", "postprocess", "total")
 COLUMNS = ("method", "stage", "seconds", "GFLOP", "GFLOP/s", "% peak", "K", "masks")
-WIDTHS = (44, 12, 10, 10, 10, 8, 5, 6)
+WIDTHS = (52, 12, 10, 10, 10, 8, 5, 6)
 
 
 # ---------------------------------------------------------------------------------------- frame
@@ -176,7 +176,8 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def _line(cells: tuple[str, ...]) -> str:
-    return "".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, WIDTHS)))
+    # left columns always end in two spaces (a long row name would otherwise run into its stage)
+    return "".join(c.ljust(w - 2) + "  " if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, WIDTHS)))
 
 
 def stage_rows(seconds: dict[str, float], flops: dict[str, int], peak: float) -> dict[str, dict]:
