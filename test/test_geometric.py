@@ -543,6 +543,39 @@ def test_real_table_on_carpet_0006(real_rgbd_dir):
     assert all(len(m) <= 2 for m in merged), merged
 
 
+def test_same_chroma_joins_shaded_faces_of_one_colour_only():
+    """Lit and shaded yellow (the same a*b*, another lightness) join; greys never (a*b* near 0 for
+    every grey), nor yellow and blue."""
+    from uois_sam_ros.core.segment.geometric import _same_chroma
+
+    colours = {1: (255, 220, 0), 2: (225, 194, 0), 3: (128, 128, 128), 4: (50, 50, 50), 5: (0, 0, 255)}
+    piece = np.repeat(np.arange(1, 6), 20).reshape(10, 10)
+    rgb = np.zeros((10, 10, 3), np.uint8)
+    for k, c in colours.items():
+        rgb[piece == k] = c
+    pa, pb = np.array([1, 3, 1, 2]), np.array([2, 4, 5, 5])
+    np.testing.assert_array_equal(_same_chroma(piece, rgb, pa, pb, 6, 14.0, 10.0), [True, False, False, False])
+    # a looser chroma floor lets the greys join, a tighter colour tolerance parts the yellows
+    assert _same_chroma(piece, rgb, pa, pb, 6, 14.0, 0.0)[1]
+    assert not _same_chroma(piece, rgb, pa, pb, 6, 1.0, 10.0)[0]
+
+
+def test_real_bottle_in_light_and_shade_is_one_region_0008(real_rgbd_dir):
+    """0008's teal bottle: light and shade cut its body at colour edges, and those faces meet in
+    concave junctions, so the junction test alone kept the pieces apart. colour_join rejoins them."""
+    frame = _real(real_rgbd_dir, "0008")
+    body = ((355, 110), (352, 150), (345, 175))  # upper, middle and lower body
+
+    def regions(colour_join: float) -> set:
+        seg = GeometricSegmenter(GeometricConfig(colour_join=colour_join))
+        seg.set_frame(frame)
+        return {int(seg._seg.labels[y, x]) for x, y in body}
+
+    assert len(regions(0.0)) >= 2
+    one = regions(14.0)
+    assert len(one) == 1 and 0 not in one
+
+
 def test_real_frame_0000_still_good(real_rgbd_dir):
     masks, _ = _instances(_real(real_rgbd_dir, "0000"))
     alone, merged = _found_alone(masks, REAL_OBJECTS["0000"])

@@ -129,6 +129,8 @@ class GeometricConfig:
     junction_px: int = 8  # span (px at 640x480) of the junction test between pieces split by colour
     junction_angle: float = 15.0  # degrees; at that span, a turn this sharp and concave is a junction
     junction_fraction: float = 0.3  # colour pieces re-join unless this share of the border is a junction
+    colour_join: float = 14.0  # ... and re-join anyway when their mean CIELAB a*b* agree within this (one colour, shaded faces; 0 = off)
+    colour_join_chroma: float = 10.0  # ... if both are at least this saturated (a*b* chroma): greys, whites and blacks all sit near 0
     min_region_pixels: int = 150  # smallest object region at 640x480 (scaled with the image area)
     min_support: float = 0.5  # share of a region's footprint where the table is seen (not past its edge) to keep it
     wall_area: float = 0.15  # a region this big (share of the image), out of the image on 3+ sides, facing up < 30 %: a wall, not an object (0 = off)

@@ -519,6 +519,24 @@ def _inside(rev: _Revolution, f: np.ndarray, tol: float, depth: float, floor: bo
     return ok if floor else ok & (f[:, 2] >= rev.h_lo - lim)
 
 
+def _same_chroma(piece: np.ndarray, rgb: np.ndarray, pa: np.ndarray, pb: np.ndarray, n: int,
+                 max_delta: float, min_chroma: float) -> np.ndarray:
+    """Per pair of pieces (pa[i], pb[i]): both clearly coloured (mean a*b* chroma at least min_chroma)
+    and of one colour (mean a*, b* within max_delta). Light and shade change a surface's lightness
+    far more than its hue and saturation: the lit and shaded faces of a uniformly coloured object
+    (a toy brick's studs, a bottle's curve) that a colour edge cut apart meet in concave junctions
+    too, and only their colour says they belong together. Greys, whites and blacks all have a*b*
+    near 0, so their pieces are left to the junction test."""
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    flat = piece.ravel()
+    cnt = np.maximum(np.bincount(flat, minlength=n), 1)
+    ma = np.bincount(flat, weights=lab[..., 1].ravel(), minlength=n) / cnt
+    mb = np.bincount(flat, weights=lab[..., 2].ravel(), minlength=n) / cnt
+    chroma = np.hypot(ma, mb)
+    return (np.hypot(ma[pa] - ma[pb], mb[pa] - mb[pb]) < max_delta) & \
+        (np.minimum(chroma[pa], chroma[pb]) >= min_chroma)
+
+
 class _UnionFind:
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
@@ -721,7 +739,9 @@ class _Segments:
         """Split regions at colour edges, then join the pieces back unless their common border is
         a concave junction (or a depth jump): the print on a box or a can is convex or flat
         across its colour edges, while two objects pressed together meet in a concave corner,
-        however much the sensor blurs it. Pieces only join within the region they came from.
+        however much the sensor blurs it. Pieces of one clear colour join whatever their border
+        (colour_join: shaded faces of one object, _same_chroma). Pieces only join within the region
+        they came from.
 
         Pieces are the areas that strong colour edges (colour_edge) enclose; with `only` (a flag
         per region) the flagged regions are cut into colour superpixels instead (a colour
@@ -779,6 +799,8 @@ class _Segments:
             return np.where(above, piece, 0)
         uk, total, against = pairs
         ok = against < self.cfg.junction_fraction * total
+        if self.cfg.colour_join > 0:
+            ok |= _same_chroma(piece, rgb, uk // n, uk % n, n, self.cfg.colour_join, self.cfg.colour_join_chroma)
         for kk in uk[ok]:
             a, b = uf.find(int(kk // n)), uf.find(int(kk % n))
             if a != b:
