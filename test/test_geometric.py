@@ -553,11 +553,12 @@ def test_same_chroma_joins_shaded_faces_of_one_colour_only():
     rgb = np.zeros((10, 10, 3), np.uint8)
     for k, c in colours.items():
         rgb[piece == k] = c
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)  # as the segmenter converts it
     pa, pb = np.array([1, 3, 1, 2]), np.array([2, 4, 5, 5])
-    np.testing.assert_array_equal(_same_chroma(piece, rgb, pa, pb, 6, 14.0, 10.0), [True, False, False, False])
+    np.testing.assert_array_equal(_same_chroma(piece, lab, pa, pb, 6, 14.0, 10.0), [True, False, False, False])
     # a looser chroma floor lets the greys join, a tighter colour tolerance parts the yellows
-    assert _same_chroma(piece, rgb, pa, pb, 6, 14.0, 0.0)[1]
-    assert not _same_chroma(piece, rgb, pa, pb, 6, 1.0, 10.0)[0]
+    assert _same_chroma(piece, lab, pa, pb, 6, 14.0, 0.0)[1]
+    assert not _same_chroma(piece, lab, pa, pb, 6, 1.0, 10.0)[0]
 
 
 def test_real_bottle_in_light_and_shade_is_one_region_0008(real_rgbd_dir):

@@ -350,7 +350,7 @@ def _sam_row(pipe: UOISPipeline, name: str, mt: str, shipped: bool, decoder: str
     """Time, count and print one SAM row (its K=30 / grid ratio, its ceiling); returns its stage seconds."""
     hpg = getattr(pipe, "hpg", None)
     if hpg is not None and not cuda:  # the library layout: HPG's convolutions in NCHW too
-        hpg.use_channels_last(encoder == "chunked" and hpg.model.backbone_name in ("cnn_rgb", "cnn_rgbd"))
+        hpg.use_channels_last(encoder == "chunked")
     secs, inst = _timed(pipe, frame, args.repeats, cuda)
     if args.ceiling:
         ops, flops = ceiling.record_stage_ops(pipe, frame)

@@ -101,10 +101,6 @@ def attention_modules(encoder: nn.Module) -> list[Attention]:
     return [m for m in encoder.modules() if isinstance(m, Attention)]
 
 
-def supports(encoder: nn.Module) -> bool:
-    return bool(attention_modules(encoder))
-
-
 @contextlib.contextmanager
 def layout(encoder: nn.Module, chunked: bool) -> Iterator[None]:
     """Within the block, the encoder's Attention modules run chunked_forward (instance attributes:

@@ -519,15 +519,14 @@ def _inside(rev: _Revolution, f: np.ndarray, tol: float, depth: float, floor: bo
     return ok if floor else ok & (f[:, 2] >= rev.h_lo - lim)
 
 
-def _same_chroma(piece: np.ndarray, rgb: np.ndarray, pa: np.ndarray, pb: np.ndarray, n: int,
+def _same_chroma(piece: np.ndarray, lab: np.ndarray, pa: np.ndarray, pb: np.ndarray, n: int,
                  max_delta: float, min_chroma: float) -> np.ndarray:
     """Per pair of pieces (pa[i], pb[i]): both clearly coloured (mean a*b* chroma at least min_chroma)
     and of one colour (mean a*, b* within max_delta). Light and shade change a surface's lightness
     far more than its hue and saturation: the lit and shaded faces of a uniformly coloured object
     (a toy brick's studs, a bottle's curve) that a colour edge cut apart meet in concave junctions
     too, and only their colour says they belong together. Greys, whites and blacks all have a*b*
-    near 0, so their pieces are left to the junction test."""
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    near 0, so their pieces are left to the junction test. lab: the float CIELAB image."""
     flat = piece.ravel()
     cnt = np.maximum(np.bincount(flat, minlength=n), 1)
     ma = np.bincount(flat, weights=lab[..., 1].ravel(), minlength=n) / cnt
@@ -682,11 +681,10 @@ class _Segments:
         hs = _smooth_over(np.nan_to_num(height), above, 1.0)
         regions = self._split_hills(comp, hs, above, la[geo], lb[geo])
         if lab is not None:
-            blur = cv2.GaussianBlur(rgb, (3, 3), 0)
-            regions = self._split_colour(regions, la, lb, geo, col, cav, above, blur, min_px)
+            regions = self._split_colour(regions, la, lb, geo, col, cav, above, blur, lab, min_px)
             big = self._oversized(regions, hs)
             if cfg.split_box_px > 0 and big.any():
-                regions = self._split_colour(regions, la, lb, geo, col, cav, above, blur, min_px, only=big)
+                regions = self._split_colour(regions, la, lb, geo, col, cav, above, blur, lab, min_px, only=big)
         regions = self._join_parts(regions, pts, hs, rgb)
         regions = self._absorb_slivers(regions, min_px)
         if cfg.hollow_fit > 0:
@@ -734,7 +732,7 @@ class _Segments:
         return comp
 
     def _split_colour(self, regions: np.ndarray, la: np.ndarray, lb: np.ndarray, geo: np.ndarray,
-                      col: np.ndarray, cav: np.ndarray, above: np.ndarray, rgb: np.ndarray,
+                      col: np.ndarray, cav: np.ndarray, above: np.ndarray, rgb: np.ndarray, lab: np.ndarray,
                       min_px: int, only: np.ndarray | None = None) -> np.ndarray:
         """Split regions at colour edges, then join the pieces back unless their common border is
         a concave junction (or a depth jump): the print on a box or a can is convex or flat
@@ -800,7 +798,7 @@ class _Segments:
         uk, total, against = pairs
         ok = against < self.cfg.junction_fraction * total
         if self.cfg.colour_join > 0:
-            ok |= _same_chroma(piece, rgb, uk // n, uk % n, n, self.cfg.colour_join, self.cfg.colour_join_chroma)
+            ok |= _same_chroma(piece, lab, uk // n, uk % n, n, self.cfg.colour_join, self.cfg.colour_join_chroma)
         for kk in uk[ok]:
             a, b = uf.find(int(kk // n)), uf.find(int(kk % n))
             if a != b:

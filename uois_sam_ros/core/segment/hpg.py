@@ -392,15 +392,15 @@ class HPG:
         # the shipped HPG (uois-sam-bench stages), the same maps to float32 rounding. A layout only: the
         # weights and state dict keep their values and keys.
         self.channels_last = False
-        self.use_channels_last(self.model.backbone_name in ("cnn_rgb", "cnn_rgbd")
-                               and torch.device(self.device).type == "cpu")
+        self.use_channels_last(torch.device(self.device).type == "cpu")
         self.last_fg: np.ndarray | None = None  # at HPG resolution
         self.last_heatmap: np.ndarray | None = None
         self.sam_embedding: torch.Tensor | None = None  # set by the pipeline for backbone 'sam'
 
     def use_channels_last(self, on: bool) -> None:
-        """Run the network's convolutions in NHWC (on) or PyTorch's default NCHW; the bench compares
-        the two (uois-sam-bench stages --encoders chunked,library)."""
+        """Run the CNN backbones' convolutions in NHWC (on) or PyTorch's default NCHW (other backbones
+        always stay as they are); the bench compares the two (uois-sam-bench stages --encoders)."""
+        on = on and self.model.backbone_name in ("cnn_rgb", "cnn_rgbd")
         if on != self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
             self.channels_last = on
