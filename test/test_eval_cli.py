@@ -154,7 +154,11 @@ def test_comparison_runs_every_method_on_the_same_frames(synthetic, tmp_path, ca
     alone = json.loads(single.read_text())["means"]
     for k, v in alone.items():
         assert doc["methods"]["weights_free"]["means"][k] == pytest.approx(v, abs=1e-9)
-    assert doc["methods"]["heatmap_hdnet"]["hdnet_ranking"]["prompts"] >= 0
+    rk = doc["methods"]["heatmap_hdnet"]["hdnet_ranking"]
+    assert rk["prompts"] >= 0 and rk["all_prompts"] >= rk["prompts"]
+    for k in ("auc_object_vs_background", "auc_good_pick", "spearman_on_objects"):  # a value, or null when undefined
+        assert all(v is None or -1.0 <= v <= 1.0 for v in (rk[f"{k}_hdnet"], rk[f"{k}_sam"]))
+    assert "  across " in text and "AUC object vs background" in text
     assert doc["methods"]["weights_free"]["hdnet_ranking"] is None
     assert doc["methods"]["heatmap_hdnet"]["ms_per_frame"]["total"] > 0
     assert (tmp_path / "cmp.weights_free.csv").is_file() and (tmp_path / "cmp.heatmap_hdnet.csv").is_file()

@@ -142,6 +142,31 @@ def test_ranking_check_counts_wins_ties_and_losses(shipped):
     assert d["wins"] == sum(a > b + 1e-9 for a, b in zip(stats.iou_hdnet, stats.iou_sam, strict=True))
     assert d["losses"] == sum(b > a + 1e-9 for a, b in zip(stats.iou_hdnet, stats.iou_sam, strict=True))
     assert np.isclose(d["win_rate"] + d["loss_rate"] + d["ties"] / max(d["prompts"], 1), 1.0) or d["prompts"] == 0
+    # across prompts: every positive prompt, with its pick's eq. 6 quality (0 off the objects)
+    positive = int((pipe.last_prompts.labels == 1).sum())
+    assert len(stats.score_hdnet) == len(stats.score_sam) == len(stats.on_object) == positive
+    obj = np.array(stats.on_object)
+    assert obj.sum() == on_objects and d["all_prompts"] == positive and d["background_prompts"] == positive - on_objects
+    for q, iou in ((stats.quality_hdnet, stats.iou_hdnet), (stats.quality_sam, stats.iou_sam)):
+        assert np.array_equal(np.array(q)[obj], iou) and not np.any(np.array(q)[~obj])
+    sc = np.array(stats.score_sam)
+    good = np.array(stats.quality_sam) >= 0.5
+    if good.any() and not good.all():  # the AUC is the share of (good, other) pairs ordered right
+        pairs = [(a > b) + 0.5 * (a == b) for a in sc[good] for b in sc[~good]]
+        assert np.isclose(d["auc_good_pick_sam"], np.mean(pairs))
+    else:
+        assert np.isnan(d["auc_good_pick_sam"])
+
+
+def test_roc_auc_and_spearman_of_the_ranking_check():
+    from uois_sam_ros.core.eval.ablation import roc_auc, spearman
+
+    assert roc_auc([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == 1.0
+    assert roc_auc([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]) == 0.0
+    assert roc_auc([1, 0, 0], [0.5, 0.5, 0.1]) == 0.75  # a tie counts half
+    assert np.isnan(roc_auc([1, 1], [0.3, 0.4]))  # no negative: undefined
+    assert np.isclose(spearman([1, 2, 3, 4], [10, 20, 30, 25]), 0.8)
+    assert np.isnan(spearman([1, 2], [2, 1])) and np.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
 def _sidecar(sam_path, text):

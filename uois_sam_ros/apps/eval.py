@@ -266,9 +266,14 @@ def run_comparison(args: argparse.Namespace, ds) -> list:
         for r in results:
             r.acc.to_json(path.with_name(f"{path.stem}.{r.method.replace('=', '-')}.json"), {"method": r.method})
             doc["methods"][r.method] = {"means": r.acc.means(), "ms_per_frame": r.mean_ms(),
-                                        "hdnet_ranking": r.ranking.as_dict() if r.ranking else None}
+                                        "hdnet_ranking": _nan_to_none(r.ranking.as_dict()) if r.ranking else None}
         path.write_text(json.dumps(doc, indent=2))
     return results
+
+
+def _nan_to_none(d: dict) -> dict:
+    """Undefined statistics (no object, or no background prompt) as JSON null, not the non-standard NaN."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in d.items()}
 
 
 def run_amodal(args: argparse.Namespace, ds) -> dict:
