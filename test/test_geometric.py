@@ -577,6 +577,57 @@ def test_real_bottle_in_light_and_shade_is_one_region_0008(real_rgbd_dir):
     assert len(one) == 1 and 0 not in one
 
 
+def test_depth_noise_on_a_dark_table_is_not_objects_0004(real_rgbd_dir):
+    """0004's dark table top returns bumps of 1 to 2 cm in its depth, of the table's own colour:
+    bump_contrast drops them; the objects on it stay (a bump filter that also ate low objects of
+    another colour would lose the brick, the cup and the can here)."""
+    frame = _real(real_rgbd_dir, "0004")
+    specks = ((130, 258), (45, 325), (344, 127))  # x, y inside the false regions, picked on the overlays
+    objects = {"canister": (235, 120), "can": (425, 170), "cup": (468, 276), "brick": (245, 280)}
+
+    def labels(bump_contrast: float) -> GeometricSegmenter:
+        seg = GeometricSegmenter(GeometricConfig(bump_contrast=bump_contrast))
+        seg.set_frame(frame)
+        return seg._seg.labels
+
+    off, on = labels(0.0), labels(6.0)
+    assert all(off[y, x] > 0 for x, y in specks)  # without the step each speck is a region ...
+    assert all(on[y, x] == 0 for x, y in specks)  # ... with it, none is
+    assert all(on[y, x] > 0 for x, y in objects.values())
+    assert len({int(on[y, x]) for x, y in objects.values()}) == len(objects)
+
+
+def test_a_low_bump_goes_only_when_it_has_the_tables_colour():
+    """Three small boxes on a grey table seen at a slant: a grey one 1.5 cm high is dropped as
+    depth noise; a red one as low, and a grey one 4 cm high, stay."""
+    k = Intrinsics(fx=525.0, fy=525.0, cx=319.5, cy=239.5, width=640, height=480)
+    v, u = np.mgrid[0:480, 0:640].astype(np.float64)
+    ray = np.stack([(u - k.cx) / k.fx, (v - k.cy) / k.fy, np.ones_like(u)], -1)
+    n = np.array([0.0, np.sin(np.deg2rad(50)), np.cos(np.deg2rad(50))])  # the table's normal, towards the camera's back
+
+    def depth_at(h: float) -> np.ndarray:  # z of the plane n.X = 0.9 - h (h above the table)
+        return (0.9 - h) / (ray @ n)
+
+    depth = depth_at(0.0)
+    rgb = np.full((480, 640, 3), 120, np.uint8)
+    boxes = {"grey low": (slice(300, 320), slice(200, 220), 0.015, (120, 120, 120)),
+             "red low": (slice(300, 320), slice(320, 340), 0.015, (200, 40, 40)),
+             "grey high": (slice(300, 320), slice(440, 460), 0.04, (120, 120, 120))}
+    for ys, xs, h, col in boxes.values():
+        depth[ys, xs] = depth_at(h)[ys, xs]
+        rgb[ys, xs] = col
+    frame = Frame(rgb, depth.astype(np.float32), k)
+
+    def centres(bump_contrast: float) -> dict:
+        seg = GeometricSegmenter(GeometricConfig(bump_contrast=bump_contrast, flat_contrast=0.0))
+        seg.set_frame(frame)
+        return {name: int(seg._seg.labels[310, xs.start + 10]) for name, (_, xs, _, _) in boxes.items()}
+
+    on = centres(6.0)
+    assert on["grey low"] == 0 and on["red low"] > 0 and on["grey high"] > 0, on
+    assert all(v > 0 for v in centres(0.0).values())  # without the step all three are regions
+
+
 def test_real_frame_0000_still_good(real_rgbd_dir):
     masks, _ = _instances(_real(real_rgbd_dir, "0000"))
     alone, merged = _found_alone(masks, REAL_OBJECTS["0000"])

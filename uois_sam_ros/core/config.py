@@ -132,6 +132,9 @@ class GeometricConfig:
     colour_join: float = 14.0  # ... and re-join anyway when their mean CIELAB a*b* agree within this (one colour, shaded faces; 0 = off)
     colour_join_chroma: float = 10.0  # ... if both are at least this saturated (a*b* chroma): greys, whites and blacks all sit near 0
     min_region_pixels: int = 150  # smallest object region at 640x480 (scaled with the image area)
+    bump_contrast: float = 6.0  # > 0: small low regions within this CIELAB distance of the open table around them are depth noise (0 = off)
+    bump_px: int = 600  # ... "small": fewer px than this at 640x480
+    bump_height: float = 0.025  # ... "low": 90 % of their points below this above the table, metres
     min_support: float = 0.5  # share of a region's footprint where the table is seen (not past its edge) to keep it
     wall_area: float = 0.15  # a region this big (share of the image), out of the image on 3+ sides, facing up < 30 %: a wall, not an object (0 = off)
     seed: int = 1  # RANSAC seed, so that a frame always gives the same plane

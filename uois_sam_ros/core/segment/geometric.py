@@ -690,6 +690,8 @@ class _Segments:
         if cfg.hollow_fit > 0:
             regions = self._join_hollow(regions, pts, height, min_px)
         regions = self._drop_small_and_flat(regions, height, min_px)
+        if cfg.bump_contrast > 0 and lab is not None:
+            regions = self._drop_bumps(regions, height, lab, valid, min_px * cfg.bump_px / cfg.min_region_pixels)
         if cfg.halo_px > 0:
             band = max(1, round(cfg.halo_px * ref / s))
             regions = self._trim_halo(regions, cv2.GaussianBlur(rgb, (3, 3), 0), inliers, band, min_px)
@@ -1140,6 +1142,34 @@ class _Segments:
                 drop[k] = True
         out = regions.copy()
         out[drop[regions]] = 0
+        return out
+
+    def _drop_bumps(self, regions: np.ndarray, height: np.ndarray, lab: np.ndarray, valid: np.ndarray,
+                    most_px: float) -> np.ndarray:
+        """Small low regions of the table's own colour: depth noise (a dark or glossy table top
+        returns bumps of a centimetre or two), not objects, which differ from the table in colour
+        or rise clearly above it. Judged against the open table in a ring around the region; one
+        that is mostly walled in by other regions (a piece of an object) is left alone."""
+        cfg = self.cfg
+        out = regions
+        r = 4
+        free = valid & (regions == 0) & (height <= cfg.min_height)
+        sizes = np.bincount(regions.ravel())
+        for k, sl in enumerate(ndimage.find_objects(regions), start=1):
+            if sl is None or sizes[k] >= most_px:
+                continue
+            box = tuple(slice(max(0, a.start - r), a.stop + r) for a in sl)
+            m = regions[box] == k
+            if np.percentile(np.nan_to_num(height[box][m]), 90) >= cfg.bump_height:
+                continue
+            ring = (cv2.dilate(m.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0) & ~m
+            open_ring = ring & free[box]  # table seen around it (no depth there counts as neither)
+            if (ring & (regions[box] > 0)).sum() > 0.5 * ring.sum() or open_ring.sum() < 10:
+                continue
+            if np.linalg.norm(lab[box][m].mean(0) - lab[box][open_ring].mean(0)) < cfg.bump_contrast:
+                if out is regions:
+                    out = regions.copy()
+                out[box][m] = 0
         return out
 
     def _trim_halo(self, regions: np.ndarray, rgb: np.ndarray, inliers: np.ndarray, band: int,
