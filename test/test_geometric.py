@@ -561,6 +561,24 @@ def test_same_chroma_joins_shaded_faces_of_one_colour_only():
     assert not _same_chroma(piece, lab, pa, pb, 6, 1.0, 10.0)[0]
 
 
+def test_same_hue_joins_a_face_lit_near_white_only_with_colour_join_hue():
+    """A pale lit yellow (chroma 33) and a saturated yellow (chroma 76) are 45 apart in a*b* but
+    14.5 degrees apart in hue: colour_join_hue 15 joins them; 10 does not, nor does 15 join yellow
+    with orange-red (43 degrees of hue apart) or with a grey."""
+    from uois_sam_ros.core.segment.geometric import _same_chroma
+
+    colours = {1: (255, 250, 185), 2: (225, 185, 20), 3: (230, 90, 40), 4: (128, 128, 128)}
+    piece = np.repeat(np.arange(1, 5), 25).reshape(10, 10)
+    rgb = np.zeros((10, 10, 3), np.uint8)
+    for k, c in colours.items():
+        rgb[piece == k] = c
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    pa, pb = np.array([1, 2, 2]), np.array([2, 3, 4])
+    assert not _same_chroma(piece, lab, pa, pb, 5, 14.0, 10.0, 0.0).any()  # a*b* alone: all apart
+    np.testing.assert_array_equal(_same_chroma(piece, lab, pa, pb, 5, 14.0, 10.0, 15.0), [True, False, False])
+    assert not _same_chroma(piece, lab, pa, pb, 5, 14.0, 10.0, 10.0)[0]
+
+
 def test_real_bottle_in_light_and_shade_is_one_region_0008(real_rgbd_dir):
     """0008's teal bottle: light and shade cut its body at colour edges, and those faces meet in
     concave junctions, so the junction test alone kept the pieces apart. colour_join rejoins them."""

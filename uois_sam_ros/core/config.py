@@ -130,6 +130,7 @@ class GeometricConfig:
     junction_angle: float = 15.0  # degrees; at that span, a turn this sharp and concave is a junction
     junction_fraction: float = 0.3  # colour pieces re-join unless this share of the border is a junction
     colour_join: float = 14.0  # ... and re-join anyway when their mean CIELAB a*b* agree within this (one colour, shaded faces; 0 = off)
+    colour_join_hue: float = 15.0  # ... or when their mean hue angles agree within this, degrees (a face lit near white keeps its hue, not its chroma; 0 = off)
     colour_join_chroma: float = 10.0  # ... if both are at least this saturated (a*b* chroma): greys, whites and blacks all sit near 0
     min_region_pixels: int = 150  # smallest object region at 640x480 (scaled with the image area)
     bump_contrast: float = 6.0  # > 0: small low regions within this CIELAB distance of the open table around them are depth noise (0 = off)
