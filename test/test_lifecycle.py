@@ -197,16 +197,22 @@ def test_bad_sam_checkpoint_leaves_node_unconfigured_then_fix_and_configure(tmp_
 def test_bringup_and_demo_exit_2_with_one_line_on_a_bad_checkpoint(tmp_path):
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
-    for prog in ("uois_sam_ros.apps.bringup", "uois_sam_ros.apps.demo"):
+    procs = {}
+    for prog in ("uois_sam_ros.apps.bringup", "uois_sam_ros.apps.demo"):  # both at once: each is mostly start-up
         args = [sys.executable, "-m", prog, "--sam-checkpoint", str(broken)]
         if prog.endswith("demo"):
             args += ["--frames", "1", "--out", str(tmp_path / "demo")]
         else:
             args += ["--sam-model-type", "vit_t", "--duration", "5"]
-        r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
-        text = r.stdout + r.stderr
+        procs[prog] = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for prog, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        text = out + err
         errors = [ln for ln in text.splitlines() if "ERROR" in ln or "error" in ln.lower()]
-        assert r.returncode == 2, (prog, r.returncode, text[-2000:])
+        assert proc.returncode == 2, (prog, proc.returncode, text[-2000:])
         assert len(errors) == 1 and str(broken) in errors[0], (prog, text[-2000:])
         assert "Traceback" not in text and "AttributeError" not in text
 
@@ -295,11 +301,16 @@ def test_hpg_process_never_holds_a_sam_model(tmp_path):
     torch.save(build_sam_architecture("vit_t").state_dict(), ckpt)
     env = dict(os.environ)
     out = {}
-    for target in ("uois_sam_ros.nodes.hpg:HPGNode", "uois_sam_ros.nodes.segmentation:SegmentationNode"):
-        r = subprocess.run([sys.executable, "-c", HOLDS_SAM, target, str(ckpt)], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=180)
-        assert r.returncode == 0, r.stderr[-2000:]
-        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("SAMS"))
+    procs = {target: subprocess.Popen([sys.executable, "-c", HOLDS_SAM, target, str(ckpt)], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for target in ("uois_sam_ros.nodes.hpg:HPGNode", "uois_sam_ros.nodes.segmentation:SegmentationNode")}
+    for target, proc in procs.items():  # both at once: each is mostly start-up
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, stderr[-2000:]
+        line = next(ln for ln in stdout.splitlines() if ln.startswith("SAMS"))
         out[target.rsplit(":", 1)[1]] = line.split()[1:]
     assert out["HPGNode"] == ["0", "prompts"]
     assert out["SegmentationNode"] == ["1", "masks"]
