@@ -205,11 +205,13 @@ def test_bringup_and_demo_exit_2_with_one_line_on_a_bad_checkpoint(tmp_path):
         else:
             args += ["--sam-model-type", "vit_t", "--duration", "5"]
         procs[prog] = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for prog, proc in procs.items():
-        try:
-            out, err = proc.communicate(timeout=120)
-        finally:
+    try:
+        outputs = {prog: proc.communicate(timeout=120) for prog, proc in procs.items()}
+    finally:
+        for proc in procs.values():  # also the other one when one times out
             proc.kill()
+    for prog, (out, err) in outputs.items():
+        proc = procs[prog]
         text = out + err
         errors = [ln for ln in text.splitlines() if "ERROR" in ln or "error" in ln.lower()]
         assert proc.returncode == 2, (prog, proc.returncode, text[-2000:])
@@ -304,11 +306,13 @@ def test_hpg_process_never_holds_a_sam_model(tmp_path):
     procs = {target: subprocess.Popen([sys.executable, "-c", HOLDS_SAM, target, str(ckpt)], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for target in ("uois_sam_ros.nodes.hpg:HPGNode", "uois_sam_ros.nodes.segmentation:SegmentationNode")}
-    for target, proc in procs.items():  # both at once: each is mostly start-up
-        try:
-            stdout, stderr = proc.communicate(timeout=180)
-        finally:
+    try:  # both at once: each is mostly start-up
+        outputs = {target: proc.communicate(timeout=180) for target, proc in procs.items()}
+    finally:
+        for proc in procs.values():  # also the other one when one times out
             proc.kill()
+    for target, (stdout, stderr) in outputs.items():
+        proc = procs[target]
         assert proc.returncode == 0, stderr[-2000:]
         line = next(ln for ln in stdout.splitlines() if ln.startswith("SAMS"))
         out[target.rsplit(":", 1)[1]] = line.split()[1:]

@@ -38,8 +38,6 @@ class RankingStats:
     wins: int = 0
     ties: int = 0
     losses: int = 0
-    iou_hdnet: list[float] = field(default_factory=list)
-    iou_sam: list[float] = field(default_factory=list)
     # every positive prompt, on an object or not: each scorer's score of its own pick and that
     # pick's eq. 6 quality (GT IoU with the instance under the point, 0 on the background)
     score_hdnet: list[float] = field(default_factory=list)
@@ -51,6 +49,16 @@ class RankingStats:
     @property
     def prompts(self) -> int:
         return self.wins + self.ties + self.losses
+
+    @property
+    def iou_hdnet(self) -> list[float]:
+        """GT IoU of HDNet's pick for the prompts on an object (the per-prompt comparison)."""
+        return [q for q, o in zip(self.quality_hdnet, self.on_object) if o]
+
+    @property
+    def iou_sam(self) -> list[float]:
+        """GT IoU of SAM head's pick for the prompts on an object."""
+        return [q for q, o in zip(self.quality_sam, self.on_object) if o]
 
     def across_prompts(self) -> dict[str, float]:
         """The three rank statistics per scorer (NaN where a class or the object prompts are missing)."""
@@ -66,10 +74,11 @@ class RankingStats:
 
     def as_dict(self) -> dict[str, float]:
         n = max(self.prompts, 1)
+        iou_h, iou_s = self.iou_hdnet, self.iou_sam
         return {"prompts": self.prompts, "wins": self.wins, "ties": self.ties, "losses": self.losses,
                 "win_rate": self.wins / n, "loss_rate": self.losses / n,
-                "mean_iou_hdnet_pick": float(np.mean(self.iou_hdnet)) if self.iou_hdnet else float("nan"),
-                "mean_iou_sam_pick": float(np.mean(self.iou_sam)) if self.iou_sam else float("nan"),
+                "mean_iou_hdnet_pick": float(np.mean(iou_h)) if iou_h else float("nan"),
+                "mean_iou_sam_pick": float(np.mean(iou_s)) if iou_s else float("nan"),
                 **self.across_prompts()}
 
     def line(self) -> str:
@@ -132,8 +141,6 @@ def rank_last_frame(pipeline, label: np.ndarray, stats: RankingStats, multimask:
         target = gt == inst
         masks = seg.upsample(low.logits[k, [t_h, t_s]]).cpu().numpy()
         ious = [float((m & target).sum() / max((m | target).sum(), 1)) for m in masks]
-        stats.iou_hdnet.append(ious[0])
-        stats.iou_sam.append(ious[1])
         stats.quality_hdnet.append(ious[0])
         stats.quality_sam.append(ious[1])
         if ious[0] > ious[1] + 1e-9:

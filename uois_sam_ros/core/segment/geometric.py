@@ -697,7 +697,7 @@ class _Segments:
             regions = self._join_hollow(regions, pts, height, min_px)
         regions = self._drop_small_and_flat(regions, height, min_px)
         if cfg.bump_contrast > 0 and lab is not None:
-            regions = self._drop_bumps(regions, height, lab, valid, min_px * cfg.bump_px / cfg.min_region_pixels)
+            regions = self._drop_bumps(regions, height, lab, valid, cfg.bump_px * npx / _REF_PIXELS)
         if cfg.halo_px > 0:
             band = max(1, round(cfg.halo_px * ref / s))
             regions = self._trim_halo(regions, cv2.GaussianBlur(rgb, (3, 3), 0), inliers, band, min_px)
